@@ -1,0 +1,568 @@
+//! The building blocks shared by the MobileNet family, laid out exactly like torchvision's so
+//! that module paths equal `state_dict` keys.
+//!
+//! | block | paper | torchvision |
+//! |---|---|---|
+//! | [`Conv2dNormActivation`] | conv → BN → act | `torchvision.ops.misc.Conv2dNormActivation` |
+//! | [`DepthwiseSeparable`] | V1 §3.1 | (none; V1 is not in torchvision) |
+//! | [`InvertedResidualV2`] | V2 §3.3, Table 1 | `mobilenetv2.InvertedResidual` (`conv`) |
+//! | [`SqueezeExcitation`] | V3 §5.3 | `torchvision.ops.misc.SqueezeExcitation` |
+//! | [`InvertedResidualV3`] | V3 Fig. 4 | `mobilenetv3.InvertedResidual` (`block`) |
+//!
+//! Every block is built by a plain constructor taking the device; the three weight
+//! initialisation rules of torchvision live in [`init`] and nowhere else.
+
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::nn::conv::Conv2d;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::{Device, Tensor};
+
+use crate::sequential;
+use crate::summary::ShapeTrace;
+
+/// torchvision's `_make_divisible`: round `value` to the nearest multiple of `divisor`, never
+/// below `divisor` and never more than 10% below `value`.
+pub fn make_divisible(value: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let mut new_value = ((value + d / 2.0) as usize / divisor * divisor).max(divisor);
+    if (new_value as f64) < 0.9 * value {
+        new_value += divisor;
+    }
+    new_value
+}
+
+/// Weight initialisation, exactly as torchvision's MobileNet constructors do it.
+pub mod init {
+    use super::*;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::{Initializer, LinearConfig, PaddingConfig2d};
+
+    /// A bias-free or biased square convolution with torchvision's padding `(k - 1) / 2`.
+    /// Weights: `kaiming_normal_(mode="fan_out")`, i.e. N(0, 2 / (out_channels · k · k)) (torch's
+    /// fan-out does not divide by groups, burn's does, so the std is computed here); bias: zeros.
+    pub fn conv2d(
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        bias: bool,
+        device: &Device,
+    ) -> Conv2d {
+        let pad = (kernel - 1) / 2;
+        let std = (2.0 / (channels[1] * kernel * kernel) as f64).sqrt();
+        let mut conv = Conv2dConfig::new(channels, [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_groups(groups)
+            .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+            .with_bias(bias)
+            .with_initializer(Initializer::Normal { mean: 0.0, std })
+            .init(device);
+        if bias {
+            conv.bias = Some(Initializer::Zeros.init([channels[1]], device));
+        }
+        conv
+    }
+
+    /// A fully connected layer: weight N(0, 0.01), bias zeros.
+    pub fn linear(d_input: usize, d_output: usize, device: &Device) -> Linear {
+        let mut linear = LinearConfig::new(d_input, d_output)
+            .with_initializer(Initializer::Normal { mean: 0.0, std: 0.01 })
+            .init(device);
+        linear.bias = Some(Initializer::Zeros.init([d_output], device));
+        linear
+    }
+}
+
+/// BatchNorm hyper-parameters. torchvision: V1/V2 use PyTorch's defaults (eps 1e-5, momentum
+/// 0.1); V3 uses eps 1e-3, momentum 0.01 (the TensorFlow values, where momentum 0.99 means the
+/// same thing), which is what makes its running statistics lag (see docs/batchnorm-lag.md).
+#[derive(burn::config::Config, Debug, Copy, PartialEq)]
+pub struct NormConfig {
+    /// Added to the variance before the square root.
+    pub eps: f64,
+    /// Weight of the new batch statistic in the running average (PyTorch convention).
+    pub momentum: f64,
+}
+
+/// Batch normalisation over N, H, W with torchvision's semantics and key names.
+///
+/// burn's own `BatchNorm` names its affine parameters `gamma`/`beta`, picks train/eval behaviour
+/// from whether the device records gradients, and updates `running_var` with the biased batch
+/// variance. This one has torchvision's keys (`weight`, `bias`, `running_mean`, `running_var`),
+/// an explicit mode ([`MobileNet::train_mode`](crate::MobileNet::train_mode) /
+/// [`eval_mode`](crate::MobileNet::eval_mode)), and updates `running_var` with the unbiased
+/// variance as `torch.nn.BatchNorm2d` does. In train mode it uses batch statistics even without
+/// autodiff, which is what BN recalibration needs.
+#[derive(Module, Debug)]
+pub struct BatchNorm2d {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub running_mean: RunningState<Tensor<1>>,
+    pub running_var: RunningState<Tensor<1>>,
+    /// Train mode (batch statistics, running-average update) when enabled.
+    pub training: Param<Flag>,
+    pub momentum: f64,
+    pub eps: f64,
+}
+
+impl BatchNorm2d {
+    /// weight ones, bias zeros, running mean 0 and variance 1, train mode (as `nn.BatchNorm2d`).
+    pub fn new(num_features: usize, norm: NormConfig, device: &Device) -> Self {
+        Self {
+            weight: Param::from_tensor(Tensor::ones([num_features], device)),
+            bias: Param::from_tensor(Tensor::zeros([num_features], device)),
+            running_mean: RunningState::new(Tensor::zeros([num_features], device)),
+            running_var: RunningState::new(Tensor::ones([num_features], device)),
+            training: Param::from_bool(true),
+            momentum: norm.momentum,
+            eps: norm.eps,
+        }
+    }
+
+    pub fn num_features(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        if !self.training.is_enabled() {
+            let device = input.device();
+            return burn::tensor::module::batch_norm(
+                input,
+                self.weight.val(),
+                self.bias.val(),
+                self.running_mean.value().to_device(&device),
+                self.running_var.value().to_device(&device),
+                self.eps,
+            );
+        }
+        let [n, _, h, w] = input.dims();
+        let count = (n * h * w) as f64;
+        let device = input.device();
+        let out = burn::tensor::module::batch_norm_train(
+            input,
+            self.weight.val(),
+            self.bias.val(),
+            self.eps,
+        );
+        // torch normalises with the biased variance but tracks the unbiased one.
+        let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+        let m = self.momentum;
+        let mean = self.running_mean.value_sync().to_device(&device);
+        let var = self.running_var.value_sync().to_device(&device);
+        let mean = mean.mul_scalar(1.0 - m).add(out.mean.detach().mul_scalar(m));
+        let var = var
+            .mul_scalar(1.0 - m)
+            .add(out.variance.detach().mul_scalar(m * unbiased));
+        self.running_mean.update(mean.detach());
+        self.running_var.update(var.detach());
+        out.output
+    }
+}
+
+/// The parameter-free activations of the family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Activation {
+    /// max(x, 0): V1 (paper), V2-V3 "RE" blocks.
+    Relu,
+    /// min(max(x, 0), 6): V2 everywhere, V1 in TF-slim and the write-up.
+    Relu6,
+    /// x · ReLU6(x + 3) / 6: V3 "HS" blocks, stem, last conv, classifier.
+    Hardswish,
+    /// ReLU6(x + 3) / 6: the gate of V3's squeeze-excite.
+    Hardsigmoid,
+}
+
+impl Activation {
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Relu => burn::tensor::activation::relu(x),
+            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::Hardswish => x.clone() * x.add_scalar(3.0).clamp(0.0, 6.0).div_scalar(6.0),
+            Activation::Hardsigmoid => x.add_scalar(3.0).clamp(0.0, 6.0).div_scalar(6.0),
+        }
+    }
+
+    /// torch's class name, for the summary table.
+    pub fn torch_name(&self) -> &'static str {
+        match self {
+            Activation::Relu => "ReLU",
+            Activation::Relu6 => "ReLU6",
+            Activation::Hardswish => "Hardswish",
+            Activation::Hardsigmoid => "Hardsigmoid",
+        }
+    }
+}
+
+impl core::fmt::Display for Activation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.torch_name())
+    }
+}
+
+// An activation is a parameter-free module: it takes an `nn.Sequential` index but holds nothing.
+impl Module for Activation {
+    fn visit<V: burn::module::ModuleVisitor>(&self, _visitor: &mut V) {}
+    fn map<M: burn::module::ModuleMapper>(self, _mapper: &mut M) -> Self {
+        self
+    }
+    fn collect_devices(&self, devices: burn::module::Devices) -> burn::module::Devices {
+        devices
+    }
+    fn to_device(self, _device: &Device) -> Self {
+        self
+    }
+    fn fork(self, _device: &Device) -> Self {
+        self
+    }
+    fn valid(&self) -> Self {
+        *self
+    }
+    fn train(self) -> Self {
+        self
+    }
+    fn materialize(self) -> Self {
+        self
+    }
+}
+impl burn::module::ModuleDisplayDefault for Activation {
+    fn content(&self, content: burn::module::Content) -> Option<burn::module::Content> {
+        content.add_formatted(&self.torch_name()).optional()
+    }
+}
+impl burn::module::ModuleDisplay for Activation {}
+
+crate::single_sequential_child!(BatchNorm2d, Activation);
+
+sequential! {
+    /// conv → BatchNorm → optional activation, torchvision's `Conv2dNormActivation`
+    /// (keys `0.weight`, `1.weight`, `1.bias`, `1.running_mean`, `1.running_var`).
+    pub struct Conv2dNormActivation {
+        pub conv: Conv2d,
+        pub norm: BatchNorm2d,
+        pub activation: Option<Activation>,
+    }
+}
+
+impl Conv2dNormActivation {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        activation: Option<Activation>,
+        norm: NormConfig,
+        device: &Device,
+    ) -> Self {
+        Self {
+            conv: init::conv2d([in_channels, out_channels], kernel, stride, groups, false, device),
+            norm: BatchNorm2d::new(out_channels, norm, device),
+            activation,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.norm.forward(self.conv.forward(x));
+        match &self.activation {
+            Some(act) => act.forward(x),
+            None => x,
+        }
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.conv.weight.dims()[0]
+    }
+
+    pub fn trace(&self, path: &str, trace: &mut ShapeTrace) {
+        trace.conv(&format!("{path}.0"), &self.conv);
+        trace.batch_norm(&format!("{path}.1"), &self.norm);
+        if let Some(act) = &self.activation {
+            trace.activation(&format!("{path}.2"), act);
+        }
+    }
+}
+
+sequential! {
+    /// MobileNetV1's depthwise separable convolution (paper §3.1, Fig. 3): a 3x3 depthwise
+    /// conv → BN → act, then a 1x1 pointwise conv → BN → act. Keys: `0.{0,1}` and `1.{0,1}`.
+    pub struct DepthwiseSeparable {
+        pub depthwise: Conv2dNormActivation,
+        pub pointwise: Conv2dNormActivation,
+    }
+}
+
+impl DepthwiseSeparable {
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        stride: usize,
+        activation: Activation,
+        norm: NormConfig,
+        device: &Device,
+    ) -> Self {
+        Self {
+            depthwise: Conv2dNormActivation::new(
+                in_channels, in_channels, 3, stride, in_channels, Some(activation), norm, device,
+            ),
+            pointwise: Conv2dNormActivation::new(
+                in_channels, out_channels, 1, 1, 1, Some(activation), norm, device,
+            ),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.pointwise.forward(self.depthwise.forward(x))
+    }
+
+    pub fn trace(&self, path: &str, trace: &mut ShapeTrace) {
+        self.depthwise.trace(&format!("{path}.0"), trace);
+        self.pointwise.trace(&format!("{path}.1"), trace);
+    }
+}
+
+sequential! {
+    /// The layers of MobileNetV2's inverted residual, torchvision's `InvertedResidual.conv`:
+    /// [1x1 expand conv-BN-ReLU6 (absent when t = 1)], 3x3 depthwise conv-BN-ReLU6, then the
+    /// linear bottleneck: 1x1 projection conv and BN with no activation (V2 §3.2).
+    pub struct InvertedResidualV2Layers {
+        pub expand: Option<Conv2dNormActivation>,
+        pub depthwise: Conv2dNormActivation,
+        pub project: Conv2d,
+        pub project_norm: BatchNorm2d,
+    }
+}
+
+/// MobileNetV2's inverted residual with linear bottleneck (keys `conv.*`).
+#[derive(Module, Debug)]
+pub struct InvertedResidualV2 {
+    pub conv: InvertedResidualV2Layers,
+    /// stride 1 and in == out: add the input back (V2 Fig. 4b).
+    pub use_res_connect: bool,
+}
+
+impl InvertedResidualV2 {
+    pub fn new(
+        inp: usize,
+        oup: usize,
+        stride: usize,
+        expand_ratio: usize,
+        norm: NormConfig,
+        device: &Device,
+    ) -> Self {
+        // torchvision: hidden_dim = int(round(inp * expand_ratio)); the ratio is an integer here.
+        let hidden = inp * expand_ratio;
+        let act = Some(Activation::Relu6);
+        let expand = (expand_ratio != 1)
+            .then(|| Conv2dNormActivation::new(inp, hidden, 1, 1, 1, act, norm, device));
+        Self {
+            conv: InvertedResidualV2Layers {
+                expand,
+                depthwise: Conv2dNormActivation::new(hidden, hidden, 3, stride, hidden, act, norm, device),
+                project: init::conv2d([hidden, oup], 1, 1, 1, false, device),
+                project_norm: BatchNorm2d::new(oup, norm, device),
+            },
+            use_res_connect: stride == 1 && inp == oup,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let layers = &self.conv;
+        let mut y = x.clone();
+        if let Some(expand) = &layers.expand {
+            y = expand.forward(y);
+        }
+        let y = layers.depthwise.forward(y);
+        let y = layers.project_norm.forward(layers.project.forward(y));
+        if self.use_res_connect {
+            x + y
+        } else {
+            y
+        }
+    }
+
+    pub fn trace(&self, path: &str, trace: &mut ShapeTrace) {
+        let input = trace.shape();
+        let layers = &self.conv;
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            format!("{path}.conv.{}", i - 1)
+        };
+        if let Some(expand) = &layers.expand {
+            expand.trace(&next(), trace);
+        }
+        layers.depthwise.trace(&next(), trace);
+        trace.conv(&next(), &layers.project);
+        trace.batch_norm(&next(), &layers.project_norm);
+        if self.use_res_connect {
+            trace.residual(path, input);
+        }
+    }
+}
+
+/// Squeeze-and-excitation (V3 §5.3), torchvision's `SqueezeExcitation`: global average pool,
+/// 1x1 conv `fc1` (with bias) → ReLU → 1x1 conv `fc2` (with bias) → hard-sigmoid, times the
+/// input. No BatchNorm (the write-up's SE has one; neither the paper nor torchvision does).
+#[derive(Module, Debug)]
+pub struct SqueezeExcitation {
+    pub fc1: Conv2d,
+    pub fc2: Conv2d,
+}
+
+crate::single_sequential_child!(SqueezeExcitation);
+
+impl SqueezeExcitation {
+    pub fn new(channels: usize, squeeze_channels: usize, device: &Device) -> Self {
+        Self {
+            fc1: init::conv2d([channels, squeeze_channels], 1, 1, 1, true, device),
+            fc2: init::conv2d([squeeze_channels, channels], 1, 1, 1, true, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let scale = global_avg_pool(x.clone());
+        let scale = Activation::Relu.forward(self.fc1.forward(scale));
+        let scale = Activation::Hardsigmoid.forward(self.fc2.forward(scale));
+        x * scale
+    }
+}
+
+sequential! {
+    /// The layers of MobileNetV3's bottleneck, torchvision's `InvertedResidual.block`:
+    /// [1x1 expand (absent when expanded == input)], k x k depthwise, [squeeze-excite],
+    /// 1x1 projection without activation.
+    pub struct InvertedResidualV3Layers {
+        pub expand: Option<Conv2dNormActivation>,
+        pub depthwise: Conv2dNormActivation,
+        pub se: Option<SqueezeExcitation>,
+        pub project: Conv2dNormActivation,
+    }
+}
+
+/// One row of V3's `bneck_conf` tables (paper Tables 1 and 2), before width scaling.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BneckConfig {
+    pub input_channels: usize,
+    pub kernel: usize,
+    pub expanded_channels: usize,
+    pub out_channels: usize,
+    pub use_se: bool,
+    pub activation: Activation,
+    pub stride: usize,
+}
+
+impl BneckConfig {
+    /// torchvision's `InvertedResidualConfig`: every channel count through `_make_divisible`.
+    pub fn scaled(&self, width_mult: f64) -> Self {
+        let adjust = |c: usize| make_divisible(c as f64 * width_mult, 8);
+        Self {
+            input_channels: adjust(self.input_channels),
+            expanded_channels: adjust(self.expanded_channels),
+            out_channels: adjust(self.out_channels),
+            ..*self
+        }
+    }
+}
+
+/// MobileNetV3's bottleneck block (keys `block.*`).
+#[derive(Module, Debug)]
+pub struct InvertedResidualV3 {
+    pub block: InvertedResidualV3Layers,
+    pub use_res_connect: bool,
+}
+
+impl InvertedResidualV3 {
+    /// `cnf` must already be width-scaled.
+    pub fn new(cnf: &BneckConfig, norm: NormConfig, device: &Device) -> Self {
+        let act = Some(cnf.activation);
+        let (inp, exp, out) = (cnf.input_channels, cnf.expanded_channels, cnf.out_channels);
+        let expand =
+            (exp != inp).then(|| Conv2dNormActivation::new(inp, exp, 1, 1, 1, act, norm, device));
+        let depthwise =
+            Conv2dNormActivation::new(exp, exp, cnf.kernel, cnf.stride, exp, act, norm, device);
+        let se = cnf
+            .use_se
+            .then(|| SqueezeExcitation::new(exp, make_divisible((exp / 4) as f64, 8), device));
+        let project = Conv2dNormActivation::new(exp, out, 1, 1, 1, None, norm, device);
+        Self {
+            block: InvertedResidualV3Layers { expand, depthwise, se, project },
+            use_res_connect: cnf.stride == 1 && inp == out,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let layers = &self.block;
+        let mut y = x.clone();
+        if let Some(expand) = &layers.expand {
+            y = expand.forward(y);
+        }
+        y = layers.depthwise.forward(y);
+        if let Some(se) = &layers.se {
+            y = se.forward(y);
+        }
+        let y = layers.project.forward(y);
+        if self.use_res_connect {
+            x + y
+        } else {
+            y
+        }
+    }
+
+    pub fn trace(&self, path: &str, trace: &mut ShapeTrace) {
+        let input = trace.shape();
+        let layers = &self.block;
+        let mut i = 0;
+        let mut next = || {
+            i += 1;
+            format!("{path}.block.{}", i - 1)
+        };
+        if let Some(expand) = &layers.expand {
+            expand.trace(&next(), trace);
+        }
+        layers.depthwise.trace(&next(), trace);
+        if let Some(se) = &layers.se {
+            let p = next();
+            trace.squeeze_excite(&p, se);
+        }
+        layers.project.trace(&next(), trace);
+        if self.use_res_connect {
+            trace.residual(path, input);
+        }
+    }
+}
+
+/// `AdaptiveAvgPool2d(1)`: works for any input size (the write-up's fixed 7x7 pool did not).
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<4> {
+    x.mean_dim(3).mean_dim(2)
+}
+
+/// A dropout layer (active only in train mode on an autodiff device).
+pub fn dropout(prob: f64) -> Dropout {
+    DropoutConfig::new(prob).init()
+}
+
+sequential! {
+    /// `nn.Sequential(nn.Dropout(p), nn.Linear(in, classes))`: V1's and V2's classifier.
+    pub struct DropoutLinear {
+        pub dropout: Dropout,
+        pub linear: Linear,
+    }
+}
+
+impl DropoutLinear {
+    pub fn new(d_input: usize, num_classes: usize, prob: f64, device: &Device) -> Self {
+        Self { dropout: dropout(prob), linear: init::linear(d_input, num_classes, device) }
+    }
+
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.linear.forward(self.dropout.forward(x))
+    }
+
+    pub fn trace(&self, path: &str, trace: &mut ShapeTrace) {
+        trace.dropout(&format!("{path}.0"));
+        trace.linear(&format!("{path}.1"), &self.linear);
+    }
+}
+
+crate::single_sequential_child!(InvertedResidualV2, InvertedResidualV3);

@@ -1,0 +1,32 @@
+//! The library's error type: every failure a user can cause names the file and the problem.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown model '{0}': expected one of mobilenet_v1, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small")]
+    UnknownModel(String),
+
+    #[error("invalid model configuration: {0}")]
+    InvalidConfig(String),
+
+    #[error("{path}: file not found")]
+    NotFound { path: PathBuf },
+
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+
+    #[error("{path}: weights do not match {model}:\n{details}")]
+    WeightsMismatch { path: PathBuf, model: String, details: String },
+
+    #[error("wrong input shape {found:?}: expected {expected}")]
+    BadInputShape { found: Vec<usize>, expected: String },
+}
+
+impl Error {
+    pub fn file(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        Error::File { path: path.into(), message: message.to_string() }
+    }
+}

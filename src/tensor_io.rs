@@ -1,0 +1,101 @@
+//! Reading and writing named f32 tensors in safetensors files (the `infer` command's I/O and the
+//! test fixtures' format).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// A host-side f32 tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    pub fn to_tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D>> {
+        if self.shape.len() != D {
+            return Err(Error::BadInputShape {
+                found: self.shape.clone(),
+                expected: format!("a rank-{D} tensor"),
+            });
+        }
+        Ok(Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device))
+    }
+
+    pub fn from_tensor<const D: usize>(tensor: Tensor<D>) -> Self {
+        let shape = tensor.dims().to_vec();
+        let data = tensor.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 data");
+        Self { shape, data }
+    }
+}
+
+/// Reads every tensor of a safetensors file; each must be f32.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound { path: path.to_path_buf() },
+        _ => Error::file(path, e),
+    })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::file(
+                path,
+                format!("tensor '{name}' has dtype {:?}; expected F32", view.dtype()),
+            ));
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
+    }
+    Ok(out)
+}
+
+/// Reads one named tensor.
+pub fn read_tensor(path: &Path, name: &str) -> Result<HostTensor> {
+    let mut all = read_tensors(path)?;
+    all.remove(name).ok_or_else(|| {
+        let mut names: Vec<_> = all.keys().cloned().collect();
+        names.sort();
+        Error::file(path, format!("no tensor named '{name}' (found: {})", names.join(", ")))
+    })
+}
+
+/// Writes named f32 tensors, atomically (temporary file, then rename).
+pub fn write_tensors(path: &Path, tensors: &[(&str, &HostTensor)]) -> Result<()> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
+        .iter()
+        .map(|(name, t)| (name.to_string(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(name, data, shape)| {
+            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+                .expect("shape matches data");
+            (name.clone(), view)
+        })
+        .collect();
+    let serialized = safetensors::serialize(views, None).map_err(|e| Error::file(path, e))?;
+    write_atomic(path, &serialized)
+}
+
+/// Writes `bytes` to a sibling temporary file and renames it over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::file(path, "not a file path"))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(path, e)
+    })
+}

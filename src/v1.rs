@@ -1,0 +1,106 @@
+//! MobileNetV1 (Howard et al., 2017, Table 1). Not in torchvision; laid out in torchvision's
+//! style so that its keys read like V2's: stem `features.0.{0,1}`, blocks
+//! `features.{1..13}.{0=depthwise,1=pointwise}.{0=conv,1=bn}`, classifier `classifier.1`.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use crate::blocks::{global_avg_pool, make_divisible, Conv2dNormActivation, DepthwiseSeparable, DropoutLinear};
+use crate::sequential;
+use crate::summary::ShapeTrace;
+use crate::zoo::ModelConfig;
+
+/// The paper's Table 1 after the stem: (output channels, stride) of each depthwise separable
+/// block. The stem is a full 3x3/2 conv to 32 channels.
+pub const V1_STEM_CHANNELS: usize = 32;
+pub const V1_BLOCKS: [(usize, usize); 13] = [
+    (64, 1),
+    (128, 2), // 112 -> 56
+    (128, 1),
+    (256, 2), // 56 -> 28
+    (256, 1),
+    (512, 2), // 28 -> 14
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2), // 14 -> 7
+    (1024, 1),
+];
+
+sequential! {
+    /// `features`: the stem conv and the 13 depthwise separable blocks.
+    pub struct MobileNetV1Features {
+        pub stem: Conv2dNormActivation,
+        pub blocks: Vec<DepthwiseSeparable>,
+    }
+}
+
+/// MobileNetV1 with width multiplier α (`width_mult`) and any input resolution (ρ).
+#[derive(Module, Debug)]
+pub struct MobileNetV1 {
+    pub features: MobileNetV1Features,
+    pub classifier: DropoutLinear,
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+impl MobileNetV1 {
+    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+        let (norm, act) = (config.norm(), config.v1_activation);
+        let scale = |c: usize| make_divisible(c as f64 * config.width_mult, 8);
+        let mut channels = scale(V1_STEM_CHANNELS);
+        let stem = Conv2dNormActivation::new(3, channels, 3, 2, 1, Some(act), norm, device);
+        let blocks = V1_BLOCKS
+            .iter()
+            .map(|&(out, stride)| {
+                let block = DepthwiseSeparable::new(channels, scale(out), stride, act, norm, device);
+                channels = scale(out);
+                block
+            })
+            .collect();
+        Self {
+            features: MobileNetV1Features { stem, blocks },
+            classifier: DropoutLinear::new(channels, config.num_classes, config.dropout, device),
+            config: *config,
+        }
+    }
+
+    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.features.stem.forward(x);
+        self.features.blocks.iter().fold(x, |x, block| block.forward(x))
+    }
+
+    pub fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut outs = vec![self.features.stem.forward(x)];
+        for block in &self.features.blocks {
+            outs.push(block.forward(outs.last().unwrap().clone()));
+        }
+        outs
+    }
+
+    pub fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
+        self.classifier.forward(global_avg_pool(features).flatten(1, 3))
+    }
+
+    pub fn num_features(&self) -> usize {
+        self.features.blocks.last().map(|b| b.pointwise.out_channels()).unwrap_or(0)
+    }
+
+    pub fn reset_classifier(mut self, num_classes: usize, device: &Device) -> Self {
+        let prob = self.classifier.dropout.prob;
+        self.classifier = DropoutLinear::new(self.num_features(), num_classes, prob, device);
+        self.config.num_classes = num_classes;
+        self
+    }
+
+    pub fn trace(&self, trace: &mut ShapeTrace) {
+        self.features.stem.trace("features.0", trace);
+        for (i, block) in self.features.blocks.iter().enumerate() {
+            block.trace(&format!("features.{}", i + 1), trace);
+        }
+        trace.global_pool("avgpool");
+        self.classifier.trace("classifier", trace);
+    }
+}

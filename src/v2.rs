@@ -1,0 +1,110 @@
+//! MobileNetV2 (Sandler et al., 2018), exactly torchvision's `mobilenet_v2`.
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use crate::blocks::{
+    global_avg_pool, make_divisible, Activation, Conv2dNormActivation, DropoutLinear, InvertedResidualV2,
+};
+use crate::sequential;
+use crate::summary::ShapeTrace;
+use crate::zoo::ModelConfig;
+
+/// The paper's Table 2: expansion t, output channels c, repeats n, first stride s.
+pub const V2_INVERTED_RESIDUAL_SETTING: [[usize; 4]; 7] = [
+    // t, c, n, s
+    [1, 16, 1, 1],
+    [6, 24, 2, 2], // 112 -> 56
+    [6, 32, 3, 2], // 56 -> 28
+    [6, 64, 4, 2], // 28 -> 14
+    [6, 96, 3, 1],
+    [6, 160, 3, 2], // 14 -> 7
+    [6, 320, 1, 1],
+];
+pub const V2_STEM_CHANNELS: usize = 32;
+pub const V2_LAST_CHANNELS: usize = 1280;
+
+sequential! {
+    /// `features`: stem, 17 inverted residuals, the 1x1 conv to 1280 channels.
+    pub struct MobileNetV2Features {
+        pub stem: Conv2dNormActivation,
+        pub blocks: Vec<InvertedResidualV2>,
+        pub last: Conv2dNormActivation,
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    pub features: MobileNetV2Features,
+    pub classifier: DropoutLinear,
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+impl MobileNetV2 {
+    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+        let norm = config.norm();
+        let width = config.width_mult;
+        let act = Some(Activation::Relu6);
+        let mut channels = make_divisible(V2_STEM_CHANNELS as f64 * width, 8);
+        // The last conv never shrinks below 1280 channels (torchvision: max(1.0, width_mult)).
+        let last_channels = make_divisible(V2_LAST_CHANNELS as f64 * width.max(1.0), 8);
+        let stem = Conv2dNormActivation::new(3, channels, 3, 2, 1, act, norm, device);
+        let mut blocks = Vec::new();
+        for [t, c, n, s] in V2_INVERTED_RESIDUAL_SETTING {
+            let out = make_divisible(c as f64 * width, 8);
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                blocks.push(InvertedResidualV2::new(channels, out, stride, t, norm, device));
+                channels = out;
+            }
+        }
+        let last = Conv2dNormActivation::new(channels, last_channels, 1, 1, 1, act, norm, device);
+        Self {
+            features: MobileNetV2Features { stem, blocks, last },
+            classifier: DropoutLinear::new(last_channels, config.num_classes, config.dropout, device),
+            config: *config,
+        }
+    }
+
+    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.features.stem.forward(x);
+        let x = self.features.blocks.iter().fold(x, |x, block| block.forward(x));
+        self.features.last.forward(x)
+    }
+
+    pub fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut outs = vec![self.features.stem.forward(x)];
+        for block in &self.features.blocks {
+            outs.push(block.forward(outs.last().unwrap().clone()));
+        }
+        outs.push(self.features.last.forward(outs.last().unwrap().clone()));
+        outs
+    }
+
+    pub fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
+        self.classifier.forward(global_avg_pool(features).flatten(1, 3))
+    }
+
+    pub fn num_features(&self) -> usize {
+        self.features.last.out_channels()
+    }
+
+    pub fn reset_classifier(mut self, num_classes: usize, device: &Device) -> Self {
+        let prob = self.classifier.dropout.prob;
+        self.classifier = DropoutLinear::new(self.num_features(), num_classes, prob, device);
+        self.config.num_classes = num_classes;
+        self
+    }
+
+    pub fn trace(&self, trace: &mut ShapeTrace) {
+        self.features.stem.trace("features.0", trace);
+        for (i, block) in self.features.blocks.iter().enumerate() {
+            block.trace(&format!("features.{}", i + 1), trace);
+        }
+        let last = format!("features.{}", self.features.blocks.len() + 1);
+        self.features.last.trace(&last, trace);
+        trace.global_pool("avgpool");
+        self.classifier.trace("classifier", trace);
+    }
+}

@@ -1,0 +1,178 @@
+//! MobileNetV3-Large and -Small (Howard et al., 2019), exactly torchvision's
+//! `mobilenet_v3_large` / `mobilenet_v3_small`.
+
+use burn::module::Module;
+use burn::nn::{Dropout, Linear};
+use burn::tensor::{Device, Tensor};
+
+use crate::blocks::{
+    dropout, global_avg_pool, init, make_divisible, Activation, BneckConfig, Conv2dNormActivation,
+    InvertedResidualV3,
+};
+use crate::sequential;
+use crate::summary::ShapeTrace;
+use crate::zoo::{Arch, ModelConfig};
+
+const RE: Activation = Activation::Relu;
+const HS: Activation = Activation::Hardswish;
+
+/// One `bneck_conf` row: input, kernel, expanded, output, SE, activation, stride.
+const fn bneck(
+    input_channels: usize,
+    kernel: usize,
+    expanded_channels: usize,
+    out_channels: usize,
+    use_se: bool,
+    activation: Activation,
+    stride: usize,
+) -> BneckConfig {
+    BneckConfig { input_channels, kernel, expanded_channels, out_channels, use_se, activation, stride }
+}
+
+/// The paper's Table 1 (MobileNetV3-Large).
+pub const V3_LARGE_BNECK: [BneckConfig; 15] = [
+    bneck(16, 3, 16, 16, false, RE, 1),
+    bneck(16, 3, 64, 24, false, RE, 2), // C1
+    bneck(24, 3, 72, 24, false, RE, 1),
+    bneck(24, 5, 72, 40, true, RE, 2), // C2
+    bneck(40, 5, 120, 40, true, RE, 1),
+    bneck(40, 5, 120, 40, true, RE, 1),
+    bneck(40, 3, 240, 80, false, HS, 2), // C3
+    bneck(80, 3, 200, 80, false, HS, 1),
+    bneck(80, 3, 184, 80, false, HS, 1),
+    bneck(80, 3, 184, 80, false, HS, 1),
+    bneck(80, 3, 480, 112, true, HS, 1),
+    bneck(112, 3, 672, 112, true, HS, 1),
+    bneck(112, 5, 672, 160, true, HS, 2), // C4
+    bneck(160, 5, 960, 160, true, HS, 1),
+    bneck(160, 5, 960, 160, true, HS, 1),
+];
+/// Hidden width of the Large classifier (before width scaling).
+pub const V3_LARGE_LAST_CHANNELS: usize = 1280; // C5
+
+/// The paper's Table 2 (MobileNetV3-Small).
+pub const V3_SMALL_BNECK: [BneckConfig; 11] = [
+    bneck(16, 3, 16, 16, true, RE, 2), // C1
+    bneck(16, 3, 72, 24, false, RE, 2), // C2
+    bneck(24, 3, 88, 24, false, RE, 1),
+    bneck(24, 5, 96, 40, true, HS, 2), // C3
+    bneck(40, 5, 240, 40, true, HS, 1),
+    bneck(40, 5, 240, 40, true, HS, 1),
+    bneck(40, 5, 120, 48, true, HS, 1),
+    bneck(48, 5, 144, 48, true, HS, 1),
+    bneck(48, 5, 288, 96, true, HS, 2), // C4
+    bneck(96, 5, 576, 96, true, HS, 1),
+    bneck(96, 5, 576, 96, true, HS, 1),
+];
+/// Hidden width of the Small classifier (before width scaling).
+pub const V3_SMALL_LAST_CHANNELS: usize = 1024; // C5
+
+sequential! {
+    /// `features`: h-swish stem, the bneck blocks, the 1x1 conv to 6x the last block's width.
+    pub struct MobileNetV3Features {
+        pub stem: Conv2dNormActivation,
+        pub blocks: Vec<InvertedResidualV3>,
+        pub last: Conv2dNormActivation,
+    }
+}
+
+sequential! {
+    /// `nn.Sequential(Linear, Hardswish, Dropout, Linear)`: keys `classifier.0`, `classifier.3`.
+    pub struct MobileNetV3Classifier {
+        pub hidden: Linear,
+        pub activation: Activation,
+        pub dropout: Dropout,
+        pub output: Linear,
+    }
+}
+
+impl MobileNetV3Classifier {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = self.activation.forward(self.hidden.forward(x));
+        self.output.forward(self.dropout.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MobileNetV3 {
+    pub features: MobileNetV3Features,
+    pub classifier: MobileNetV3Classifier,
+    #[module(skip)]
+    pub config: ModelConfig,
+}
+
+impl MobileNetV3 {
+    /// `config.arch` picks the table: [`Arch::V3Large`] or [`Arch::V3Small`].
+    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+        let (table, last): (&[BneckConfig], usize) = match config.arch {
+            Arch::V3Small => (&V3_SMALL_BNECK, V3_SMALL_LAST_CHANNELS),
+            _ => (&V3_LARGE_BNECK, V3_LARGE_LAST_CHANNELS),
+        };
+        let norm = config.norm();
+        let width = config.width_mult;
+        // Built fresh for every model: no block is shared between instances.
+        let rows: Vec<BneckConfig> = table.iter().map(|row| row.scaled(width)).collect();
+        // Unlike V2, V3 scales its classifier width too.
+        let last_channels = make_divisible(last as f64 * width, 8);
+        let stem_out = rows[0].input_channels;
+        let stem = Conv2dNormActivation::new(3, stem_out, 3, 2, 1, Some(HS), norm, device);
+        let blocks = rows.iter().map(|row| InvertedResidualV3::new(row, norm, device)).collect();
+        let last_in = rows[rows.len() - 1].out_channels;
+        let last_out = 6 * last_in;
+        let last_conv = Conv2dNormActivation::new(last_in, last_out, 1, 1, 1, Some(HS), norm, device);
+        Self {
+            features: MobileNetV3Features { stem, blocks, last: last_conv },
+            classifier: MobileNetV3Classifier {
+                hidden: init::linear(last_out, last_channels, device),
+                activation: HS,
+                dropout: dropout(config.dropout),
+                output: init::linear(last_channels, config.num_classes, device),
+            },
+            config: *config,
+        }
+    }
+
+    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.features.stem.forward(x);
+        let x = self.features.blocks.iter().fold(x, |x, block| block.forward(x));
+        self.features.last.forward(x)
+    }
+
+    pub fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut outs = vec![self.features.stem.forward(x)];
+        for block in &self.features.blocks {
+            outs.push(block.forward(outs.last().unwrap().clone()));
+        }
+        outs.push(self.features.last.forward(outs.last().unwrap().clone()));
+        outs
+    }
+
+    pub fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
+        self.classifier.forward(global_avg_pool(features).flatten(1, 3))
+    }
+
+    pub fn num_features(&self) -> usize {
+        self.features.last.out_channels()
+    }
+
+    pub fn reset_classifier(mut self, num_classes: usize, device: &Device) -> Self {
+        let hidden = self.classifier.hidden.weight.dims()[1];
+        self.classifier.output = init::linear(hidden, num_classes, device);
+        self.config.num_classes = num_classes;
+        self
+    }
+
+    pub fn trace(&self, trace: &mut ShapeTrace) {
+        self.features.stem.trace("features.0", trace);
+        for (i, block) in self.features.blocks.iter().enumerate() {
+            block.trace(&format!("features.{}", i + 1), trace);
+        }
+        let last = format!("features.{}", self.features.blocks.len() + 1);
+        self.features.last.trace(&last, trace);
+        trace.global_pool("avgpool");
+        trace.linear("classifier.0", &self.classifier.hidden);
+        trace.activation("classifier.1", &self.classifier.activation);
+        trace.dropout("classifier.2");
+        trace.linear("classifier.3", &self.classifier.output);
+    }
+}

@@ -1,0 +1,202 @@
+//! Loading and saving weights under torchvision's `state_dict` keys.
+//!
+//! The models' module paths *are* torchvision's keys, so no key is renamed here. The only
+//! conversion is the one burn-store's PyTorch adapters make for every model: burn keeps Linear
+//! weights as `[in, out]`, torch as `[out, in]`. Files we write are therefore plain torchvision
+//! state dicts in safetensors form (`torch.nn.Module.load_state_dict(safetensors.torch.load_file(f))`
+//! loads them), plus metadata describing the model so they load without repeating flags.
+//!
+//! Loading is strict: a key the model needs but the file lacks, a key the file has but the model
+//! does not, and a shape mismatch are errors that name the key. torch's `num_batches_tracked`
+//! buffers are accepted and ignored (they only matter for BN momentum=None).
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use burn::tensor::Device;
+use burn_store::{
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
+    SafetensorsStore,
+};
+
+use crate::error::{Error, Result};
+use crate::zoo::{MobileNet, ModelConfig};
+
+/// Metadata key holding the JSON [`ModelConfig`] in files we write.
+pub const CONFIG_METADATA_KEY: &str = "mobilenet.config";
+
+/// The on-disk formats we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightFormat {
+    Safetensors,
+    /// `torch.save` output: the zip format (torch >= 1.6) or the legacy pickle stream.
+    Pytorch,
+}
+
+/// Identifies a weight file by its first bytes (not its extension).
+pub fn detect_format(path: &Path) -> Result<WeightFormat> {
+    let mut file = open(path)?;
+    let mut head = [0u8; 9];
+    let n = read_up_to(&mut file, &mut head).map_err(|e| Error::file(path, e))?;
+    if n >= 4 && head[..4] == *b"PK\x03\x04" {
+        return Ok(WeightFormat::Pytorch);
+    }
+    // The legacy torch format is a sequence of pickles, protocol 2: 0x80 0x02.
+    if n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
+        return Ok(WeightFormat::Pytorch);
+    }
+    // safetensors: u64 little-endian header length, then a JSON object.
+    if n == 9 && head[8] == b'{' {
+        return Ok(WeightFormat::Safetensors);
+    }
+    if n == 0 {
+        return Err(Error::file(path, "the file is empty"));
+    }
+    Err(Error::file(path, "not a weight file: expected safetensors or a PyTorch .pth/.pt checkpoint"))
+}
+
+fn open(path: &Path) -> Result<std::fs::File> {
+    std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound { path: path.to_path_buf() },
+        _ => Error::file(path, e),
+    })
+}
+
+fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The metadata of a safetensors file (empty for other formats or files without any).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    if detect_format(path)? != WeightFormat::Safetensors {
+        return Ok(HashMap::new());
+    }
+    let mut file = open(path)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::file(path, e))?;
+    let len = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(|e| Error::file(path, e))?.len();
+    if len > 100 << 20 || len + 8 > size {
+        return Err(Error::file(path, "truncated or corrupt safetensors header"));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|e| Error::file(path, e))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::file(path, format!("corrupt safetensors header: {e}")))?;
+    let mut out = HashMap::new();
+    if let Some(meta) = header.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, v) in meta {
+            if let Some(v) = v.as_str() {
+                out.insert(k.clone(), v.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The model configuration stored in a file we wrote, if any.
+pub fn read_config(path: &Path) -> Result<Option<ModelConfig>> {
+    match read_metadata(path)?.get(CONFIG_METADATA_KEY) {
+        None => Ok(None),
+        Some(json) => serde_json::from_str(json)
+            .map(Some)
+            .map_err(|e| Error::file(path, format!("bad '{CONFIG_METADATA_KEY}' metadata: {e}"))),
+    }
+}
+
+/// Builds a model and loads `path` into it. The file's own metadata decides the architecture
+/// when present; otherwise `config` must say it.
+pub fn load(path: &Path, config: Option<&ModelConfig>, device: &Device) -> Result<MobileNet> {
+    let stored = read_config(path)?;
+    let config = match (stored, config) {
+        (Some(stored), _) => stored,
+        (None, Some(config)) => *config,
+        (None, None) => {
+            return Err(Error::file(
+                path,
+                "the file does not say which model it holds: pass --model (and --width-mult/--num-classes if not the defaults)",
+            ))
+        }
+    };
+    let model = MobileNet::new(&config, device)?;
+    load_into(model, path)
+}
+
+/// Loads the weights in `path` into `model`, strictly.
+pub fn load_into(mut model: MobileNet, path: &Path) -> Result<MobileNet> {
+    let result = match detect_format(path)? {
+        WeightFormat::Pytorch => {
+            let mut store = PytorchStore::from_file(path)
+                .allow_partial(true)
+                .validate(false)
+                .skip_enum_variants(true)
+                // torchvision's indices are already the model's (the V3 classifier's are 0 and 3).
+                .map_indices_contiguous(false);
+            model.load_from(&mut store).map_err(|e| Error::file(path, e))?
+        }
+        WeightFormat::Safetensors => {
+            let mut store = SafetensorsStore::from_file(path)
+                .allow_partial(true)
+                .validate(false)
+                .skip_enum_variants(true)
+                .with_from_adapter(PyTorchToBurnAdapter);
+            model.load_from(&mut store).map_err(|e| Error::file(path, e))?
+        }
+    };
+    check_strict(&result, path, &model.config().arch.to_string())?;
+    Ok(model)
+}
+
+fn check_strict(result: &ApplyResult, path: &Path, model: &str) -> Result<()> {
+    let mut problems = Vec::new();
+    for error in &result.errors {
+        problems.push(match error {
+            ApplyError::ShapeMismatch { path, expected, found } => format!(
+                "  {path}: shape mismatch: the model has {:?}, the file has {:?}",
+                expected.as_slice(),
+                found.as_slice()
+            ),
+            other => format!("  {other}"),
+        });
+    }
+    for (key, _) in &result.missing {
+        problems.push(format!("  {key}: missing from the file"));
+    }
+    for key in &result.unused {
+        if !key.ends_with("num_batches_tracked") {
+            problems.push(format!("  {key}: unexpected key (the model has no such parameter)"));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let total = problems.len();
+    if total > 12 {
+        problems.truncate(12);
+        problems.push(format!("  ... and {} more", total - 12));
+    }
+    Err(Error::WeightsMismatch { path: path.to_path_buf(), model: model.to_string(), details: problems.join("\n") })
+}
+
+/// Saves `model` as safetensors with torchvision's keys and layout, plus metadata. The write is
+/// atomic: an existing file at `path` is replaced only once the new one is complete.
+pub fn save(model: &MobileNet, path: &Path) -> Result<()> {
+    let config = model.config();
+    let mut store = SafetensorsStore::from_file(path)
+        .skip_enum_variants(true)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .overwrite(true)
+        .metadata(CONFIG_METADATA_KEY, serde_json::to_string(config).expect("config serialises"))
+        .metadata("model", config.arch.name())
+        .metadata("num_classes", config.num_classes.to_string())
+        .metadata("width_mult", config.width_mult.to_string());
+    model.save_into(&mut store).map_err(|e| Error::file(path, e))
+}

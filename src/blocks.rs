@@ -155,6 +155,9 @@ impl BatchNorm2d {
             .add(out.variance.detach().mul_scalar(m * unbiased));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
+        // `RunningState` keeps an update pending until the next sync, and saving or visiting the
+        // module does not sync: flush now so every reader sees this step's statistics.
+        let _ = (self.running_mean.value_sync(), self.running_var.value_sync());
         out.output
     }
 }

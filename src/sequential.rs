@@ -200,11 +200,16 @@ pub fn parameter_paths<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
         out: Vec<(String, Vec<usize>)>,
     }
     impl ModuleVisitor for Paths {
-        fn enter_module(&mut self, name: &str, _container_type: &str) {
-            self.stack.push(name.to_string());
+        // Enum variant names (`MobileNet::V2`) are not part of torchvision's keys.
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            if !container_type.starts_with("Enum:") {
+                self.stack.push(name.to_string());
+            }
         }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.stack.pop();
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            if !container_type.starts_with("Enum:") {
+                self.stack.pop();
+            }
         }
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
             self.out.push((self.stack.join("."), param.shape().dims::<D>().to_vec()));

@@ -156,34 +156,39 @@ pub fn load_into(mut model: MobileNet, path: &Path) -> Result<MobileNet> {
 }
 
 fn check_strict(result: &ApplyResult, path: &Path, model: &str) -> Result<()> {
-    let mut problems = Vec::new();
-    for error in &result.errors {
-        problems.push(match error {
+    let mismatched: Vec<String> = result
+        .errors
+        .iter()
+        .map(|error| match error {
             ApplyError::ShapeMismatch { path, expected, found } => format!(
-                "  {path}: shape mismatch: the model has {:?}, the file has {:?}",
+                "{path}: shape mismatch: the model has {:?}, the file has {:?}",
                 expected.as_slice(),
                 found.as_slice()
             ),
-            other => format!("  {other}"),
-        });
-    }
-    for (key, _) in &result.missing {
-        problems.push(format!("  {key}: missing from the file"));
-    }
-    for key in &result.unused {
-        if !key.ends_with("num_batches_tracked") {
-            problems.push(format!("  {key}: unexpected key (the model has no such parameter)"));
+            other => other.to_string(),
+        })
+        .collect();
+    let missing: Vec<String> =
+        result.missing.iter().map(|(key, _)| format!("{key}: missing from the file")).collect();
+    let unexpected: Vec<String> = result
+        .unused
+        .iter()
+        .filter(|key| !key.ends_with("num_batches_tracked"))
+        .map(|key| format!("{key}: unexpected key (the model has no such parameter)"))
+        .collect();
+    let mut details = Vec::new();
+    // At most 8 lines of each kind, so that every kind of problem shows.
+    for group in [mismatched, missing, unexpected] {
+        let total = group.len();
+        details.extend(group.into_iter().take(8).map(|line| format!("  {line}")));
+        if total > 8 {
+            details.push(format!("  ... and {} more like this", total - 8));
         }
     }
-    if problems.is_empty() {
+    if details.is_empty() {
         return Ok(());
     }
-    let total = problems.len();
-    if total > 12 {
-        problems.truncate(12);
-        problems.push(format!("  ... and {} more", total - 12));
-    }
-    Err(Error::WeightsMismatch { path: path.to_path_buf(), model: model.to_string(), details: problems.join("\n") })
+    Err(Error::WeightsMismatch { path: path.to_path_buf(), model: model.to_string(), details: details.join("\n") })
 }
 
 /// Saves `model` as safetensors with torchvision's keys and layout, plus metadata. The write is

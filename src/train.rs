@@ -257,6 +257,8 @@ pub fn run(config: Option<TrainConfig>, resume: Option<&Path>, device: &Device) 
         None => {
             let config = config.expect("a configuration or a run to resume");
             std::fs::create_dir_all(&config.output).map_err(|e| Error::file(&config.output, e))?;
+            // The initial weights (and a replaced classifier) come from the seeded generator too.
+            device.seed(config.seed);
             let model = initial_model(&config, device)?;
             let ema = config.ema_decay.map(|_| model.valid().eval_mode());
             let progress = Progress { epochs_done: 0, optimizer_steps: 0, ema_updates: 0, best_top1: -1.0, best_epoch: None };

@@ -401,3 +401,59 @@ pub fn recalibrate(args: RecalibrateArgs) -> anyhow::Result<()> {
     eprintln!("recalibrated BatchNorm statistics over {} batches; wrote {}", args.batches, args.output.display());
     Ok(())
 }
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Run folders (each with a metrics.csv).
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// A legend label per run (default: the folder names).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+    /// Where to write the PNG chart.
+    #[arg(long, default_value = "compare.png")]
+    pub output: PathBuf,
+    #[arg(long, default_value = "validation loss and top-1 per epoch")]
+    pub title: String,
+}
+
+/// Plots several runs' validation curves in one chart and prints their last epochs.
+pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
+    use crate::chart::{line_chart, Panel, Series, COLORS};
+    let labels: Vec<String> = match &args.labels {
+        Some(l) if l.len() == args.runs.len() => l.clone(),
+        Some(l) => bail!("{} labels for {} runs", l.len(), args.runs.len()),
+        None => args.runs.iter().map(|r| r.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
+    };
+    let (mut loss, mut acc) = (Vec::new(), Vec::new());
+    println!("{:<32} {:>6} {:>10} {:>10} {:>12} {:>12}", "run", "epochs", "val loss", "val top-1", "max val loss", "best top-1");
+    for (i, (run, label)) in args.runs.iter().zip(&labels).enumerate() {
+        let path = run.join("metrics.csv");
+        let rows = train::read_metrics(&path);
+        if rows.is_empty() {
+            bail!("{}: no epochs recorded", path.display());
+        }
+        let color = COLORS[i % COLORS.len()];
+        loss.push(Series { name: label.clone(), color, points: rows.iter().map(|r| ((r.epoch + 1) as f64, r.val_loss)).collect() });
+        acc.push(Series { name: label.clone(), color, points: rows.iter().map(|r| ((r.epoch + 1) as f64, 100.0 * r.val_top1)).collect() });
+        let last = rows.last().unwrap();
+        let max_loss = rows.iter().map(|r| r.val_loss).fold(f64::MIN, f64::max);
+        let best = rows.iter().map(|r| r.val_top1).fold(f64::MIN, f64::max);
+        println!(
+            "{:<32} {:>6} {:>10.4} {:>9.2}% {:>12.3} {:>11.2}%",
+            label,
+            rows.len(),
+            last.val_loss,
+            100.0 * last.val_top1,
+            max_loss,
+            100.0 * best
+        );
+    }
+    let panels = [
+        Panel { title: "validation loss (log scale)".into(), x_label: "epoch".into(), series: loss, log_y: true },
+        Panel { title: "validation top-1 (%)".into(), x_label: "epoch".into(), series: acc, log_y: false },
+    ];
+    line_chart(&panels, &args.title, &args.output)?;
+    eprintln!("wrote {}", args.output.display());
+    Ok(())
+}

@@ -131,7 +131,8 @@ impl Optimizer {
         (model, info)
     }
 
-    fn update(&mut self, path: &str, flat: &Flat, grad: Tensor<1>, lr: f64) -> Tensor<1> {
+    /// One update of the tensor at `path` (its value and shape in `flat`) given its gradient.
+    pub fn update(&mut self, path: &str, flat: &Flat, grad: Tensor<1>, lr: f64) -> Tensor<1> {
         let c = self.config;
         let p = flat.value.clone();
         let decays = self.decays(path, flat);

@@ -6,6 +6,9 @@ use anyhow::{bail, Context};
 use burn::tensor::Device;
 use clap::{Args, Parser, Subcommand};
 
+use crate::labels::Labels;
+use crate::predict::{self, Classifier, Outcome, RunOptions};
+use crate::preprocess::Preprocess;
 use crate::tensor_io::{read_tensor, write_tensors, HostTensor};
 use crate::{weights, Arch, MobileNet, ModelConfig};
 
@@ -22,6 +25,12 @@ pub enum Command {
     Summary(SummaryArgs),
     /// Run a model in eval mode on a tensor read from a safetensors file.
     Infer(InferArgs),
+    /// Classify image files (JPEG, PNG, WebP, BMP; directories are walked): top-k classes with
+    /// probabilities, using torchvision's eval preprocessing.
+    Predict(PredictArgs),
+    /// Convert a checkpoint (torchvision .pth, zip or legacy, or safetensors) to our safetensors
+    /// format, with the model config and preprocessing as metadata.
+    Import(ImportArgs),
 }
 
 /// Options that choose and shape a model.
@@ -100,12 +109,223 @@ pub struct InferArgs {
     pub output: PathBuf,
 }
 
+/// The eval transform's settings; each flag overrides the weight file's metadata, which
+/// overrides torchvision's ImageNet defaults.
+#[derive(Args, Debug, Clone)]
+pub struct PreprocessArgs {
+    /// Resize the shorter side to this many pixels [default: 256].
+    #[arg(long)]
+    pub resize_size: Option<u32>,
+    /// Centre-crop a square of this side (the network's input size) [default: 224].
+    #[arg(long)]
+    pub crop_size: Option<u32>,
+    /// Per-channel mean on the [0, 1] scale, R,G,B [default: 0.485,0.456,0.406].
+    #[arg(long, value_parser = parse_triple)]
+    pub mean: Option<[f32; 3]>,
+    /// Per-channel standard deviation, R,G,B [default: 0.229,0.224,0.225].
+    #[arg(long, value_parser = parse_triple)]
+    pub std: Option<[f32; 3]>,
+}
+
+impl PreprocessArgs {
+    /// These flags on top of `base`.
+    pub fn apply(&self, base: Preprocess) -> anyhow::Result<Preprocess> {
+        let mut p = base;
+        if let Some(v) = self.resize_size {
+            p.resize_size = v;
+        }
+        if let Some(v) = self.crop_size {
+            p.crop_size = v;
+        }
+        if let Some(v) = self.mean {
+            p.mean = v;
+        }
+        if let Some(v) = self.std {
+            p.std = v;
+        }
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let values: Vec<f32> = s
+        .split(',')
+        .map(|v| v.trim().parse::<f32>().map_err(|e| format!("'{v}': {e}")))
+        .collect::<Result<_, _>>()?;
+    values.try_into().map_err(|v: Vec<f32>| format!("expected three comma-separated numbers (R,G,B), got {}", v.len()))
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weights: ours (from `mobilenet import`, carrying model and preprocessing), torchvision's
+    /// .pth/.pt, or safetensors with torchvision's keys (those two need --model).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// How many classes to print per image.
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// One JSON object per line per image: {"path", "top": [{"index", "label", "prob"}]}.
+    #[arg(long)]
+    pub json: bool,
+    /// Class names, one per line, as many as the model has classes [default: the built-in
+    /// ImageNet names for 1000-class models].
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Report decode, preprocess and forward time per image (stderr).
+    #[arg(long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+    /// Image files or directories (walked for .jpg, .jpeg, .png, .webp, .bmp).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The checkpoint to convert: torchvision .pth/.pt (zip or legacy) or safetensors.
+    #[arg(long = "from")]
+    pub from: PathBuf,
+    /// Where to write our safetensors file.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Preprocessing to record with the weights (default: the source's metadata, else
+    /// torchvision's ImageNet transform).
+    #[command(flatten)]
+    pub preprocess: PreprocessArgs,
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let device = Device::flex();
     match cli.command {
         Command::Summary(args) => summary(args, &device),
         Command::Infer(args) => infer(args, &device),
+        Command::Predict(args) => predict(args, &device),
+        Command::Import(args) => import(args, &device),
     }
+}
+
+/// The model a weight file holds, built from its metadata and the flags, with its weights loaded
+/// strictly, and the preprocessing that goes with it.
+fn load_weights(
+    model: &ModelArgs,
+    preprocess: &PreprocessArgs,
+    path: &std::path::Path,
+    device: &Device,
+) -> anyhow::Result<(MobileNet, Preprocess)> {
+    let Some(config) = model.config(weights::read_config(path)?)? else {
+        bail!(
+            "{}: the file does not say which model it holds; pass --model (and --width-mult/--num-classes if not the defaults)",
+            path.display()
+        );
+    };
+    let stored = Preprocess::from_metadata(path)?;
+    let preprocess = preprocess.apply(stored.unwrap_or_default())?;
+    let model = weights::load_into(MobileNet::new(&config, device)?, path)?;
+    Ok((model, preprocess))
+}
+
+fn predict(args: PredictArgs, device: &Device) -> anyhow::Result<()> {
+    if args.top_k == 0 {
+        bail!("--top-k must be at least 1");
+    }
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let (model, preprocess) = load_weights(&args.model, &args.preprocess, &args.weights, device)?;
+    let labels = Labels::for_model(model.num_classes(), args.labels.as_deref())?;
+    let classifier = Classifier::new(model, preprocess, labels, device.clone())?;
+    let inputs = predict::find_images(&args.paths);
+    let total = inputs.len();
+    let options = RunOptions {
+        batch_size: args.batch_size,
+        top_k: args.top_k,
+        progress: total > predict::PROGRESS_MIN_IMAGES,
+    };
+    if args.verbose {
+        eprintln!(
+            "{} ({} classes), preprocessing: resize {}, crop {}, mean {:?}, std {:?}; {total} inputs, batches of {}",
+            classifier.model().config().arch,
+            classifier.model().num_classes(),
+            preprocess.resize_size,
+            preprocess.crop_size,
+            preprocess.mean,
+            preprocess.std,
+            options.batch_size
+        );
+    }
+    let start = std::time::Instant::now();
+    let mut stdout = std::io::stdout().lock();
+    let mut write_error = None;
+    let failed = classifier.classify_files(inputs, &options, |outcome| match outcome {
+        Outcome::Classified(result) => {
+            if args.verbose {
+                let t = result.timing;
+                eprintln!(
+                    "{}: decode {:.1} ms, preprocess {:.1} ms, forward {:.1} ms (batch of {})",
+                    result.path.display(),
+                    t.decode.as_secs_f64() * 1e3,
+                    t.preprocess.as_secs_f64() * 1e3,
+                    t.forward.as_secs_f64() * 1e3,
+                    t.batch
+                );
+            }
+            if let Err(e) = print_result(&mut stdout, &result, args.json) {
+                write_error.get_or_insert(e);
+            }
+        }
+        Outcome::Failed(error) => eprintln!("error: {error}"),
+    });
+    if let Some(e) = write_error {
+        return Err(anyhow::Error::new(e).context("writing the results"));
+    }
+    if args.verbose {
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("{} images in {secs:.2} s ({:.1} images/s)", total - failed, (total - failed) as f64 / secs);
+    }
+    if failed > 0 {
+        bail!("{failed} of {total} inputs could not be classified (see above)");
+    }
+    Ok(())
+}
+
+fn print_result(out: &mut impl std::io::Write, result: &predict::ImageResult, json: bool) -> std::io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, result)?;
+        return writeln!(out);
+    }
+    writeln!(out, "{}", result.path.display())?;
+    for p in &result.top {
+        let label = p.label.clone().unwrap_or_else(|| format!("class {}", p.index));
+        writeln!(out, "  {:>7.3}%  {label} ({})", p.prob * 100.0, p.index)?;
+    }
+    Ok(())
+}
+
+fn import(args: ImportArgs, device: &Device) -> anyhow::Result<()> {
+    let (model, preprocess) = load_weights(&args.model, &args.preprocess, &args.from, device)?;
+    weights::save_with_metadata(&model, &args.output, &[preprocess.to_metadata()])?;
+    let config = model.config();
+    eprintln!(
+        "wrote {}: {} (width {}, {} classes), preprocessing resize {} crop {} mean {:?} std {:?}",
+        args.output.display(),
+        config.arch,
+        config.width_mult,
+        config.num_classes,
+        preprocess.resize_size,
+        preprocess.crop_size,
+        preprocess.mean,
+        preprocess.std
+    );
+    Ok(())
 }
 
 fn summary(args: SummaryArgs, device: &Device) -> anyhow::Result<()> {

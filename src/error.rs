@@ -23,6 +23,15 @@ pub enum Error {
 
     #[error("wrong input shape {found:?}: expected {expected}")]
     BadInputShape { found: Vec<usize>, expected: String },
+
+    #[error("{path}: cannot read image: {message}")]
+    Image { path: PathBuf, message: String },
+
+    #[error("{path}: {found} labels, but the model has {expected} classes (one label per line, in class order)")]
+    LabelCount { path: PathBuf, found: usize, expected: usize },
+
+    #[error("invalid preprocessing: {0}")]
+    InvalidPreprocess(String),
 }
 
 impl Error {

@@ -17,11 +17,15 @@
 //! [`v1`], [`v2`], [`v3`] (one model each, its table at the top), [`zoo`] (names, config, the
 //! common [`MobileNet`] API), [`weights`] (load/save), [`summary`] (layer table, params, MACs),
 //! [`sequential`] (how module paths become torchvision keys), [`tensor_io`] (safetensors
-//! tensors in and out), [`cli`].
+//! tensors in and out), [`preprocess`] (image loading, torchvision's eval transform),
+//! [`labels`] (class names), [`predict`] (classifying image files), [`cli`].
 
 pub mod blocks;
 pub mod cli;
 pub mod error;
+pub mod labels;
+pub mod predict;
+pub mod preprocess;
 pub mod sequential;
 pub mod summary;
 pub mod tensor_io;

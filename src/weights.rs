@@ -194,6 +194,12 @@ fn check_strict(result: &ApplyResult, path: &Path, model: &str) -> Result<()> {
 /// Saves `model` as safetensors with torchvision's keys and layout, plus metadata. The write is
 /// atomic: an existing file at `path` is replaced only once the new one is complete.
 pub fn save(model: &MobileNet, path: &Path) -> Result<()> {
+    save_with_metadata(model, path, &[])
+}
+
+/// [`save`] with extra metadata entries, e.g. the preprocessing the weights expect
+/// ([`crate::preprocess::PREPROCESS_METADATA_KEY`]), so that `predict` needs no flags.
+pub fn save_with_metadata(model: &MobileNet, path: &Path, extra: &[(String, String)]) -> Result<()> {
     let config = model.config();
     let mut store = SafetensorsStore::from_file(path)
         .skip_enum_variants(true)
@@ -203,5 +209,8 @@ pub fn save(model: &MobileNet, path: &Path) -> Result<()> {
         .metadata("model", config.arch.name())
         .metadata("num_classes", config.num_classes.to_string())
         .metadata("width_mult", config.width_mult.to_string());
+    for (key, value) in extra {
+        store = store.metadata(key.clone(), value.clone());
+    }
     model.save_into(&mut store).map_err(|e| Error::file(path, e))
 }

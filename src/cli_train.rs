@@ -231,10 +231,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let splits = data::load_spec(&args.data.data)?;
     let classes = splits.train.num_classes();
-    let mut model = args.model.config(None)?.unwrap_or_else(|| ModelConfig::new(Arch::V3Small)).with_num_classes(classes);
-    if args.model.num_classes.is_some_and(|k| k != classes) {
-        bail!("--num-classes {} but the data has {classes} classes", args.model.num_classes.unwrap());
-    }
+    let mut model = train_model_config(&args.model, classes)?;
     if let Some(p) = args.dropout {
         model.dropout = p;
     }
@@ -306,6 +303,18 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let outcome = train::run(Some(config), None, &device)?;
     report(&outcome)
+}
+
+/// The model `train` builds: `--model` (default V3-Small) with every other model flag applied,
+/// and the data's class count.
+pub fn train_model_config(args: &ModelArgs, classes: usize) -> anyhow::Result<ModelConfig> {
+    let default = ModelConfig::new(Arch::V3Small);
+    let base = if args.model.is_none() { Some(default) } else { None };
+    let config = args.config(base)?.unwrap_or(default);
+    if args.num_classes.is_some_and(|k| k != classes) {
+        bail!("--num-classes {} but the data has {classes} classes", args.num_classes.unwrap());
+    }
+    Ok(config.with_num_classes(classes))
 }
 
 fn report(outcome: &train::Outcome) -> anyhow::Result<()> {
@@ -407,8 +416,8 @@ pub struct CompareArgs {
     /// Run folders (each with a metrics.csv).
     #[arg(required = true)]
     pub runs: Vec<PathBuf>,
-    /// A legend label per run (default: the folder names).
-    #[arg(long, value_delimiter = ',')]
+    /// A legend label per run, separated by ';' (default: the folder names).
+    #[arg(long, value_delimiter = ';')]
     pub labels: Option<Vec<String>>,
     /// Where to write the PNG chart.
     #[arg(long, default_value = "compare.png")]

@@ -218,3 +218,17 @@ fn bad_data_is_a_clear_error() {
     assert_eq!(splits.train.classes, vec!["cat", "dog"]);
     assert_eq!(splits.val.len(), 2);
 }
+
+#[test]
+fn model_flags_apply_without_model() {
+    use mobilenet::cli::ModelArgs;
+    use mobilenet::cli_train::train_model_config;
+    let args = ModelArgs { model: None, width_mult: Some(0.5), num_classes: None, bn_eps: Some(1e-4), bn_momentum: Some(0.1) };
+    let c = train_model_config(&args, 7).unwrap();
+    assert_eq!((c.arch, c.num_classes, c.width_mult, c.norm_eps, c.norm_momentum), (mobilenet::Arch::V3Small, 7, 0.5, 1e-4, 0.1));
+    let args = ModelArgs { model: Some("v2".into()), bn_momentum: Some(0.3), ..args };
+    let c = train_model_config(&args, 3).unwrap();
+    assert_eq!((c.arch, c.norm_momentum), (mobilenet::Arch::V2, 0.3));
+    let args = ModelArgs { num_classes: Some(5), ..args };
+    assert!(train_model_config(&args, 3).unwrap_err().to_string().contains("--num-classes 5 but the data has 3 classes"));
+}

@@ -31,6 +31,15 @@ pub enum Command {
     /// Convert a checkpoint (torchvision .pth, zip or legacy, or safetensors) to our safetensors
     /// format, with the model config and preprocessing as metadata.
     Import(ImportArgs),
+    /// Train (or fine-tune, or resume) on an image classification data set; with no options,
+    /// MobileNetV3-Small on the embedded Fashion-MNIST subset.
+    Train(crate::cli_train::TrainArgs),
+    /// Evaluate weights on a data set's evaluation split: loss, top-1, top-5, per-class accuracy.
+    Eval(crate::cli_train::EvalArgs),
+    /// Recompute BatchNorm running statistics over training batches, weights frozen.
+    RecalibrateBn(crate::cli_train::RecalibrateArgs),
+    /// Plot the validation curves of several runs in one PNG and print their last epochs.
+    CompareRuns(crate::cli_train::CompareArgs),
 }
 
 /// Options that choose and shape a model.
@@ -210,6 +219,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Infer(args) => infer(args, &device),
         Command::Predict(args) => predict(args, &device),
         Command::Import(args) => import(args, &device),
+        Command::Train(args) => crate::cli_train::train(args),
+        Command::Eval(args) => crate::cli_train::eval(args),
+        Command::RecalibrateBn(args) => crate::cli_train::recalibrate(args),
+        Command::CompareRuns(args) => crate::cli_train::compare(args),
     }
 }
 

@@ -21,6 +21,13 @@ pub enum Error {
     #[error("{path}: weights do not match {model}:\n{details}")]
     WeightsMismatch { path: PathBuf, model: String, details: String },
 
+    #[error(
+        "the loss became NaN or infinite at epoch {epoch}, batch {batch}; training stopped. The last good \
+         checkpoint is {checkpoint} (written at the end of the last complete epoch, if any). Lower --lr, \
+         add --clip-grad-norm, or check the data"
+    )]
+    NonFiniteLoss { epoch: usize, batch: usize, checkpoint: PathBuf },
+
     #[error("wrong input shape {found:?}: expected {expected}")]
     BadInputShape { found: Vec<usize>, expected: String },
 

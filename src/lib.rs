@@ -20,15 +20,26 @@
 //! tensors in and out), [`preprocess`] (image loading, torchvision's eval transform),
 //! [`labels`] (class names), [`predict`] (classifying image files), [`cli`].
 
+pub mod augment;
 pub mod blocks;
+pub mod chart;
+pub mod checkpoint;
 pub mod cli;
+pub mod cli_train;
+pub mod data;
 pub mod error;
+pub mod evaluate;
 pub mod labels;
+pub mod loader;
 pub mod predict;
 pub mod preprocess;
+pub mod optim;
+pub mod params;
+pub mod schedule;
 pub mod sequential;
 pub mod summary;
 pub mod tensor_io;
+pub mod train;
 pub mod v1;
 pub mod v2;
 pub mod v3;

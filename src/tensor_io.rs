@@ -72,6 +72,15 @@ pub fn read_tensor(path: &Path, name: &str) -> Result<HostTensor> {
 
 /// Writes named f32 tensors, atomically (temporary file, then rename).
 pub fn write_tensors(path: &Path, tensors: &[(&str, &HostTensor)]) -> Result<()> {
+    write_tensors_with_metadata(path, tensors, None)
+}
+
+/// Writes named f32 tensors and string metadata, atomically.
+pub fn write_tensors_with_metadata(
+    path: &Path,
+    tensors: &[(&str, &HostTensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(name, t)| (name.to_string(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
@@ -84,7 +93,7 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, &HostTensor)]) -> Result<()>
             (name.clone(), view)
         })
         .collect();
-    let serialized = safetensors::serialize(views, None).map_err(|e| Error::file(path, e))?;
+    let serialized = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, e))?;
     write_atomic(path, &serialized)
 }
 

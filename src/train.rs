@@ -203,31 +203,23 @@ fn trainable_filter(model: &MobileNet, config: &TrainConfig) -> impl Fn(&str) ->
     }
 }
 
-/// Builds the starting model: fresh, or from `--init` weights with the head replaced when the
-/// class count differs.
+/// Builds the starting model: fresh, or from `--init` weights. Everything but the last
+/// classifier layer must match the file; that layer is replaced when the class count differs.
 fn initial_model(config: &TrainConfig, device: &Device) -> Result<MobileNet> {
+    let model = MobileNet::new(&config.model, device)?;
     let Some(init) = &config.init else {
-        return MobileNet::new(&config.model, device);
+        return Ok(model);
     };
-    // Files we wrote say what they hold; torchvision checkpoints are ImageNet (1000 classes).
-    let stored = weights::read_config(init)?;
-    let mut source = stored.unwrap_or(config.model.with_num_classes(1000));
-    if source.arch != config.model.arch {
-        return Err(Error::file(init, format!("holds {}, but --model is {}", source.arch, config.model.arch)));
+    if let Some(stored) = weights::read_config(init)? {
+        if stored.arch != config.model.arch {
+            return Err(Error::file(init, format!("holds {}, but --model is {}", stored.arch, config.model.arch)));
+        }
     }
-    source.dropout = config.model.dropout;
-    source.norm_eps = config.model.norm_eps;
-    source.norm_momentum = config.model.norm_momentum;
-    let model = weights::load(init, Some(&source), device)?;
-    let model = if model.num_classes() != config.model.num_classes {
-        model.reset_classifier(config.model.num_classes, device)?
-    } else {
-        model
-    };
-    // Rebuild under the run's configuration (dropout, BN settings) with the loaded values.
-    let values = params::collect(&model);
-    let fresh = MobileNet::new(&config.model, device)?;
-    Ok(params::map(fresh, |path, _| values.get(path).map(|f| f.value.clone())))
+    let (model, head_loaded) = weights::load_backbone(model, init)?;
+    if !head_loaded {
+        eprintln!("{}: classifier replaced ({} classes)", init.display(), config.model.num_classes);
+    }
+    Ok(model)
 }
 
 fn saved_preprocess(config: &TrainConfig) -> Preprocess {

@@ -131,7 +131,33 @@ pub fn load(path: &Path, config: Option<&ModelConfig>, device: &Device) -> Resul
 }
 
 /// Loads the weights in `path` into `model`, strictly.
-pub fn load_into(mut model: MobileNet, path: &Path) -> Result<MobileNet> {
+pub fn load_into(model: MobileNet, path: &Path) -> Result<MobileNet> {
+    let (model, result) = apply(model, path)?;
+    check_strict(&result, path, &model.config().arch.to_string(), None)?;
+    Ok(model)
+}
+
+/// Loads everything but the last classifier layer strictly; the last layer is taken only when
+/// its shape fits (same class count), else it keeps its fresh initialisation. Returns whether it
+/// was taken. This is fine-tuning's `--init`.
+pub fn load_backbone(model: MobileNet, path: &Path) -> Result<(MobileNet, bool)> {
+    let head = format!("{}.", model.classifier_key());
+    let (model, result) = apply(model, path)?;
+    check_strict(&result, path, &model.config().arch.to_string(), Some(&head))?;
+    let head_loaded = !result.errors.iter().any(|e| error_key(e).starts_with(&head));
+    Ok((model, head_loaded))
+}
+
+fn error_key(error: &ApplyError) -> &str {
+    match error {
+        ApplyError::ShapeMismatch { path, .. }
+        | ApplyError::DTypeMismatch { path, .. }
+        | ApplyError::AdapterError { path, .. }
+        | ApplyError::LoadError { path, .. } => path,
+    }
+}
+
+fn apply(mut model: MobileNet, path: &Path) -> Result<(MobileNet, ApplyResult)> {
     let result = match detect_format(path)? {
         WeightFormat::Pytorch => {
             let mut store = PytorchStore::from_file(path)
@@ -151,14 +177,18 @@ pub fn load_into(mut model: MobileNet, path: &Path) -> Result<MobileNet> {
             model.load_from(&mut store).map_err(|e| Error::file(path, e))?
         }
     };
-    check_strict(&result, path, &model.config().arch.to_string())?;
-    Ok(model)
+    Ok((model, result))
 }
 
-fn check_strict(result: &ApplyResult, path: &Path, model: &str) -> Result<()> {
+/// Turns every problem in `result` into an error, except shape mismatches under `tolerated`.
+fn check_strict(result: &ApplyResult, path: &Path, model: &str, tolerated: Option<&str>) -> Result<()> {
+    let tolerated = |e: &ApplyError| {
+        matches!(e, ApplyError::ShapeMismatch { .. }) && tolerated.is_some_and(|t| error_key(e).starts_with(t))
+    };
     let mismatched: Vec<String> = result
         .errors
         .iter()
+        .filter(|e| !tolerated(e))
         .map(|error| match error {
             ApplyError::ShapeMismatch { path, expected, found } => format!(
                 "{path}: shape mismatch: the model has {:?}, the file has {:?}",

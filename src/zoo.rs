@@ -227,6 +227,14 @@ impl MobileNet {
         })
     }
 
+    /// The key prefix of the last Linear (the layer `reset_classifier` replaces).
+    pub fn classifier_key(&self) -> &'static str {
+        match self {
+            MobileNet::V1(_) | MobileNet::V2(_) => "classifier.1",
+            MobileNet::V3(_) => "classifier.3",
+        }
+    }
+
     /// Checks an input batch shape `[N, 3, H, W]` before running it.
     pub fn check_input(&self, dims: &[usize]) -> Result<()> {
         match dims {

@@ -232,3 +232,45 @@ fn model_flags_apply_without_model() {
     let args = ModelArgs { num_classes: Some(5), ..args };
     assert!(train_model_config(&args, 3).unwrap_err().to_string().contains("--num-classes 5 but the data has 3 classes"));
 }
+
+#[test]
+fn fine_tune_from_torchvision_weights_with_frozen_backbone() {
+    let dir = temp_dir("finetune");
+    let data_dir = dir.join("data");
+    small_idx(&data_dir, 96, 32);
+    let run = dir.join("run");
+    // tiny_v3_small.pth is a torchvision state dict with 5 classes; the data has 10.
+    let init = fixture("tiny_v3_small.pth");
+    let args: Vec<String> = [
+        "train", "--data", data_dir.to_str().unwrap(), "--output", run.to_str().unwrap(), "--model", "v3_small",
+        "--width-mult", "0.25", "--batch-size", "32", "--epochs", "1", "--init", init.to_str().unwrap(),
+        "--freeze-backbone", "--freeze-bn", "--lr", "0.05",
+    ]
+    .map(String::from)
+    .to_vec();
+    run_ok(&args);
+    let after = read_tensors(&run.join("last.safetensors")).unwrap();
+    assert_eq!(after["classifier.3.weight"].shape, vec![10, 1024 / 4]);
+    // The backbone, BN statistics included, is exactly the pretrained one; the head moved.
+    let pretrained = mobilenet::weights::load(&init, Some(&mobilenet::ModelConfig::new(mobilenet::Arch::V3Small).with_width_mult(0.25).with_num_classes(5)), &burn::tensor::Device::flex()).unwrap();
+    let pre = mobilenet::params::collect(&pretrained);
+    for key in ["features.0.0.weight", "features.5.block.2.fc1.weight", "features.3.block.0.1.running_var", "classifier.0.weight"] {
+        let p = HostTensorExt::of(&pre[key]);
+        let mut a = after[key].data.clone();
+        if key == "classifier.0.weight" {
+            // burn keeps Linear weights as [in, out]; the file has torch's [out, in].
+            let (o, i) = (after[key].shape[0], after[key].shape[1]);
+            a = (0..i).flat_map(|c| (0..o).map(move |r| (r, c))).map(|(r, c)| after[key].data[r * i + c]).collect();
+        }
+        let classifier = key.starts_with("classifier");
+        let diff = max_abs_diff(&p, &a);
+        assert!(if classifier { diff > 0.0 } else { diff == 0.0 }, "{key}: diff {diff}");
+    }
+}
+
+struct HostTensorExt;
+impl HostTensorExt {
+    fn of(flat: &mobilenet::params::Flat) -> Vec<f32> {
+        mobilenet::tensor_io::HostTensor::from_tensor(flat.value.clone()).data
+    }
+}

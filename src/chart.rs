@@ -47,9 +47,27 @@ fn ticks(lo: f64, hi: f64, target: usize, integer: bool) -> Vec<f64> {
     (0..).map(|i| start + i as f64 * step).take_while(|v| *v <= hi + step * 1e-9).collect()
 }
 
+/// Ticks for a log10 axis spanning [lo, hi] (in log10 units): 1, 2, 5 times powers of ten,
+/// thinned to 1 and 10^k when there are many decades.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    for k in (lo.floor() as i32 - 1)..=(hi.ceil() as i32) {
+        let mults: &[f64] = if hi - lo > 3.0 { &[1.0] } else { &[1.0, 2.0, 5.0] };
+        for m in mults {
+            let v = (m * 10f64.powi(k)).log10();
+            if v >= lo && v <= hi {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
 fn label(v: f64, log: bool) -> String {
     let v = if log { 10f64.powf(v) } else { v };
-    if v == 0.0 {
+    if v == v.round() && v.abs() < 1e6 {
+        format!("{v:.0}")
+    } else if v == 0.0 {
         "0".into()
     } else if v.abs() >= 100.0 {
         format!("{v:.0}")
@@ -87,7 +105,8 @@ fn draw_panel(img: &mut RgbImage, font: &FontRef, panel: &Panel, x0: i32, y0: i3
     let sx = |x: f64| px0 as f32 + ((x - xmin) / (xmax - xmin)) as f32 * pw as f32;
     let sy = |y: f64| (py0 + ph) as f32 - ((y - ymin) / (ymax - ymin)) as f32 * ph as f32;
 
-    for t in ticks(ymin, ymax, 6, false) {
+    let y_ticks = if panel.log_y { log_ticks(ymin, ymax) } else { ticks(ymin, ymax, 6, false) };
+    for t in y_ticks {
         let y = sy(t);
         draw_line_segment_mut(img, (px0 as f32, y), ((px0 + pw) as f32, y), grid);
         let text = label(t, panel.log_y);
@@ -120,8 +139,18 @@ fn draw_panel(img: &mut RgbImage, font: &FontRef, panel: &Panel, x0: i32, y0: i3
             draw_filled_rect_mut(img, Rect::at(x as i32 - 2, y as i32 - 2).of_size(5, 5), color);
         }
     }
-    // Legend, top right inside the plot.
-    let mut ly = py0 + 6;
+    // Legend inside the plot, in the right-hand corner (top or bottom) that the lines use least.
+    let legend_h = 20 * panel.series.len() as i32 + 6;
+    let crowded = |top: bool| {
+        points
+            .iter()
+            .filter(|&&(x, y)| {
+                let (px, py) = (sx(x), sy(y));
+                px > (px0 + pw / 2) as f32 && if top { py < (py0 + legend_h) as f32 } else { py > (py0 + ph - legend_h) as f32 }
+            })
+            .count()
+    };
+    let mut ly = if crowded(true) <= crowded(false) { py0 + 6 } else { py0 + ph - legend_h };
     for series in &panel.series {
         let (tw, _) = text_size(small, font, &series.name);
         let lx = px0 + pw - tw as i32 - 34;

@@ -535,6 +535,64 @@ impl InvertedResidualV3 {
     }
 }
 
+/// One layer of a model's `features` sequence (a conv-BN-act, a separable block, an inverted
+/// residual): what the shared walk in [`FeatureStages`] needs of it.
+pub trait FeatureLayer {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4>;
+    fn trace(&self, path: &str, trace: &mut ShapeTrace);
+}
+
+macro_rules! feature_layer {
+    ($($ty:ty),*) => {$(
+        impl FeatureLayer for $ty {
+            fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+                <$ty>::forward(self, x)
+            }
+            fn trace(&self, path: &str, trace: &mut ShapeTrace) {
+                <$ty>::trace(self, path, trace)
+            }
+        }
+    )*};
+}
+feature_layer!(Conv2dNormActivation, DepthwiseSeparable, InvertedResidualV2, InvertedResidualV3);
+
+/// Every model's `features`: a stem conv, the blocks, and (V2, V3) a last 1x1 conv, numbered
+/// `features.0`, `features.1`, … in that order.
+pub struct FeatureStages<'a, B> {
+    pub stem: &'a Conv2dNormActivation,
+    pub blocks: &'a [B],
+    pub last: Option<&'a Conv2dNormActivation>,
+}
+
+impl<B: FeatureLayer> FeatureStages<'_, B> {
+    fn layers(&self) -> impl Iterator<Item = &dyn FeatureLayer> {
+        std::iter::once(self.stem as &dyn FeatureLayer)
+            .chain(self.blocks.iter().map(|b| b as &dyn FeatureLayer))
+            .chain(self.last.map(|l| l as &dyn FeatureLayer))
+    }
+
+    /// The last feature map.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.layers().fold(x, |x, layer| layer.forward(x))
+    }
+
+    /// The output of every layer, in order.
+    pub fn intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        let mut outs: Vec<Tensor<4>> = Vec::new();
+        for layer in self.layers() {
+            let input = outs.last().cloned().unwrap_or_else(|| x.clone());
+            outs.push(layer.forward(input));
+        }
+        outs
+    }
+
+    pub fn trace(&self, trace: &mut ShapeTrace) {
+        for (i, layer) in self.layers().enumerate() {
+            layer.trace(&format!("features.{i}"), trace);
+        }
+    }
+}
+
 /// `AdaptiveAvgPool2d(1)`: works for any input size (the write-up's fixed 7x7 pool did not).
 pub fn global_avg_pool(x: Tensor<4>) -> Tensor<4> {
     x.mean_dim(3).mean_dim(2)

@@ -5,7 +5,9 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use crate::blocks::{global_avg_pool, make_divisible, Conv2dNormActivation, DepthwiseSeparable, DropoutLinear};
+use crate::blocks::{
+    global_avg_pool, make_divisible, Conv2dNormActivation, DepthwiseSeparable, DropoutLinear, FeatureStages,
+};
 use crate::sequential;
 use crate::summary::ShapeTrace;
 use crate::zoo::ModelConfig;
@@ -67,17 +69,16 @@ impl MobileNetV1 {
         }
     }
 
+    fn stages(&self) -> FeatureStages<'_, DepthwiseSeparable> {
+        FeatureStages { stem: &self.features.stem, blocks: &self.features.blocks, last: None }
+    }
+
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.features.stem.forward(x);
-        self.features.blocks.iter().fold(x, |x, block| block.forward(x))
+        self.stages().forward(x)
     }
 
     pub fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut outs = vec![self.features.stem.forward(x)];
-        for block in &self.features.blocks {
-            outs.push(block.forward(outs.last().unwrap().clone()));
-        }
-        outs
+        self.stages().intermediates(x)
     }
 
     pub fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
@@ -96,10 +97,7 @@ impl MobileNetV1 {
     }
 
     pub fn trace(&self, trace: &mut ShapeTrace) {
-        self.features.stem.trace("features.0", trace);
-        for (i, block) in self.features.blocks.iter().enumerate() {
-            block.trace(&format!("features.{}", i + 1), trace);
-        }
+        self.stages().trace(trace);
         trace.global_pool("avgpool");
         self.classifier.trace("classifier", trace);
     }

@@ -4,7 +4,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::blocks::{
-    global_avg_pool, make_divisible, Activation, Conv2dNormActivation, DropoutLinear, InvertedResidualV2,
+    global_avg_pool, make_divisible, Activation, Conv2dNormActivation, DropoutLinear, FeatureStages,
+    InvertedResidualV2,
 };
 use crate::sequential;
 use crate::summary::ShapeTrace;
@@ -67,19 +68,16 @@ impl MobileNetV2 {
         }
     }
 
+    fn stages(&self) -> FeatureStages<'_, InvertedResidualV2> {
+        FeatureStages { stem: &self.features.stem, blocks: &self.features.blocks, last: Some(&self.features.last) }
+    }
+
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.features.stem.forward(x);
-        let x = self.features.blocks.iter().fold(x, |x, block| block.forward(x));
-        self.features.last.forward(x)
+        self.stages().forward(x)
     }
 
     pub fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut outs = vec![self.features.stem.forward(x)];
-        for block in &self.features.blocks {
-            outs.push(block.forward(outs.last().unwrap().clone()));
-        }
-        outs.push(self.features.last.forward(outs.last().unwrap().clone()));
-        outs
+        self.stages().intermediates(x)
     }
 
     pub fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
@@ -98,12 +96,7 @@ impl MobileNetV2 {
     }
 
     pub fn trace(&self, trace: &mut ShapeTrace) {
-        self.features.stem.trace("features.0", trace);
-        for (i, block) in self.features.blocks.iter().enumerate() {
-            block.trace(&format!("features.{}", i + 1), trace);
-        }
-        let last = format!("features.{}", self.features.blocks.len() + 1);
-        self.features.last.trace(&last, trace);
+        self.stages().trace(trace);
         trace.global_pool("avgpool");
         self.classifier.trace("classifier", trace);
     }

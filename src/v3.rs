@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::blocks::{
     dropout, global_avg_pool, init, make_divisible, Activation, BneckConfig, Conv2dNormActivation,
-    InvertedResidualV3,
+    FeatureStages, InvertedResidualV3,
 };
 use crate::sequential;
 use crate::summary::ShapeTrace;
@@ -132,19 +132,16 @@ impl MobileNetV3 {
         }
     }
 
+    fn stages(&self) -> FeatureStages<'_, InvertedResidualV3> {
+        FeatureStages { stem: &self.features.stem, blocks: &self.features.blocks, last: Some(&self.features.last) }
+    }
+
     pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.features.stem.forward(x);
-        let x = self.features.blocks.iter().fold(x, |x, block| block.forward(x));
-        self.features.last.forward(x)
+        self.stages().forward(x)
     }
 
     pub fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        let mut outs = vec![self.features.stem.forward(x)];
-        for block in &self.features.blocks {
-            outs.push(block.forward(outs.last().unwrap().clone()));
-        }
-        outs.push(self.features.last.forward(outs.last().unwrap().clone()));
-        outs
+        self.stages().intermediates(x)
     }
 
     pub fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
@@ -163,12 +160,7 @@ impl MobileNetV3 {
     }
 
     pub fn trace(&self, trace: &mut ShapeTrace) {
-        self.features.stem.trace("features.0", trace);
-        for (i, block) in self.features.blocks.iter().enumerate() {
-            block.trace(&format!("features.{}", i + 1), trace);
-        }
-        let last = format!("features.{}", self.features.blocks.len() + 1);
-        self.features.last.trace(&last, trace);
+        self.stages().trace(trace);
         trace.global_pool("avgpool");
         trace.linear("classifier.0", &self.classifier.hidden);
         trace.activation("classifier.1", &self.classifier.activation);

@@ -274,3 +274,34 @@ impl HostTensorExt {
         mobilenet::tensor_io::HostTensor::from_tensor(flat.value.clone()).data
     }
 }
+
+#[test]
+fn cifar_binary_batches_load() {
+    let dir = temp_dir("cifar");
+    // CIFAR-10: record = label byte + 3x32x32 CHW bytes. Pixel (c, y, x) = label*10 + c.
+    let record = |label: u8| -> Vec<u8> {
+        let mut r = vec![label];
+        for c in 0..3u8 {
+            r.extend(std::iter::repeat(label * 10 + c).take(1024));
+        }
+        r
+    };
+    for i in 1..=5 {
+        let bytes: Vec<u8> = (0..4).flat_map(|j| record(((i + j) % 10) as u8)).collect();
+        std::fs::write(dir.join(format!("data_batch_{i}.bin")), bytes).unwrap();
+    }
+    std::fs::write(dir.join("test_batch.bin"), [record(3), record(9)].concat()).unwrap();
+    let names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+    std::fs::write(dir.join("batches.meta.txt"), names.join("\n")).unwrap();
+    let splits = data::load(&dir).unwrap();
+    assert_eq!(splits.format, data::DataFormat::Cifar10);
+    assert_eq!((splits.train.len(), splits.val.len()), (20, 2));
+    assert_eq!(splits.val.labels, vec![3, 9]);
+    assert_eq!(splits.val.classes[3], "cat");
+    // HWC after loading: the first pixel's three channels.
+    assert_eq!(&splits.val.images[1].pixels[..3], &[90, 91, 92]);
+    // A truncated batch is named.
+    std::fs::write(dir.join("test_batch.bin"), &record(1)[..100]).unwrap();
+    let err = data::load(&dir).unwrap_err().to_string();
+    assert!(err.contains("test_batch.bin") && err.contains("CIFAR records"), "{err}");
+}

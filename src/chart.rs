@@ -66,16 +66,11 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
 fn label(v: f64, log: bool) -> String {
     let v = if log { 10f64.powf(v) } else { v };
     if v == v.round() && v.abs() < 1e6 {
-        format!("{v:.0}")
-    } else if v == 0.0 {
-        "0".into()
-    } else if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
+        return format!("{v:.0}");
     }
+    // Up to three decimals, trailing zeros dropped: 0.8, 0.45, 0.125.
+    let text = format!("{v:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn draw_panel(img: &mut RgbImage, font: &FontRef, panel: &Panel, x0: i32, y0: i32, w: i32, h: i32) {

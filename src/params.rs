@@ -18,21 +18,23 @@ pub struct Flat {
     pub trainable: bool,
 }
 
+/// The current module path during a visit, without enum variant names (`MobileNet::V2`), which
+/// are not part of torchvision's keys.
 #[derive(Default)]
-struct PathStack(Vec<String>);
+pub(crate) struct PathStack(Vec<String>);
 
 impl PathStack {
-    fn enter(&mut self, name: &str, container_type: &str) {
+    pub(crate) fn enter(&mut self, name: &str, container_type: &str) {
         if !container_type.starts_with("Enum:") {
             self.0.push(name.to_string());
         }
     }
-    fn exit(&mut self, container_type: &str) {
+    pub(crate) fn exit(&mut self, container_type: &str) {
         if !container_type.starts_with("Enum:") {
             self.0.pop();
         }
     }
-    fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         self.0.join(".")
     }
 }

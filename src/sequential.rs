@@ -196,26 +196,21 @@ macro_rules! sequential {
 /// visiting order. Running statistics count as parameters here, as they do in a `state_dict`.
 pub fn parameter_paths<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
     struct Paths {
-        stack: Vec<String>,
+        stack: crate::params::PathStack,
         out: Vec<(String, Vec<usize>)>,
     }
     impl ModuleVisitor for Paths {
-        // Enum variant names (`MobileNet::V2`) are not part of torchvision's keys.
         fn enter_module(&mut self, name: &str, container_type: &str) {
-            if !container_type.starts_with("Enum:") {
-                self.stack.push(name.to_string());
-            }
+            self.stack.enter(name, container_type);
         }
         fn exit_module(&mut self, _name: &str, container_type: &str) {
-            if !container_type.starts_with("Enum:") {
-                self.stack.pop();
-            }
+            self.stack.exit(container_type);
         }
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
-            self.out.push((self.stack.join("."), param.shape().dims::<D>().to_vec()));
+            self.out.push((self.stack.path(), param.shape().dims::<D>().to_vec()));
         }
     }
-    let mut paths = Paths { stack: Vec::new(), out: Vec::new() };
+    let mut paths = Paths { stack: Default::default(), out: Vec::new() };
     module.visit(&mut paths);
     paths.out
 }

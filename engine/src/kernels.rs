@@ -1,0 +1,445 @@
+//! The compute kernels, each generic over [`Simd`] and compiled per ISA by `multiversion!`.
+//!
+//! Activations are NHWC maps of one image ([`MapGeom`]): channels innermost and padded to
+//! [`crate::simd::CHANNEL_ALIGN`], with a zero border as wide as the next depthwise conv needs,
+//! so depthwise and stem kernels never test bounds. Every kernel fuses its bias (folded
+//! BatchNorm) and activation into the store.
+
+use crate::simd::{multiversion, Simd};
+
+/// Where one image's activation map lives in its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapGeom {
+    pub h: usize,
+    pub w: usize,
+    /// Channel stride: the channel count padded to the lane multiple.
+    pub c: usize,
+    /// Zero border, in pixels, on every side.
+    pub pad: usize,
+}
+
+impl MapGeom {
+    pub fn row_stride(&self) -> usize {
+        (self.w + 2 * self.pad) * self.c
+    }
+    pub fn len(&self) -> usize {
+        (self.h + 2 * self.pad) * self.row_stride()
+    }
+    /// Offset of interior pixel (y, x).
+    #[inline(always)]
+    pub fn offset(&self, y: usize, x: usize) -> usize {
+        (y + self.pad) * self.row_stride() + (x + self.pad) * self.c
+    }
+    /// Offset of pixel `m` in row-major order of the interior.
+    #[inline(always)]
+    pub fn pixel(&self, m: usize) -> usize {
+        self.offset(m / self.w, m % self.w)
+    }
+}
+
+/// Activation codes, a const generic so each epilogue is compiled without a branch.
+pub const ACT_NONE: u8 = 0;
+pub const ACT_RELU: u8 = 1;
+pub const ACT_RELU6: u8 = 2;
+pub const ACT_HARDSWISH: u8 = 3;
+pub const ACT_HARDSIGMOID: u8 = 4;
+
+#[inline(always)]
+unsafe fn activate<S: Simd, const ACT: u8>(x: S::V) -> S::V {
+    match ACT {
+        ACT_RELU => S::max(x, S::zero()),
+        ACT_RELU6 => S::min(S::max(x, S::zero()), S::splat(6.0)),
+        ACT_HARDSWISH => {
+            let gate = S::min(S::max(S::add(x, S::splat(3.0)), S::zero()), S::splat(6.0));
+            S::mul(x, S::mul(gate, S::splat(1.0 / 6.0)))
+        }
+        ACT_HARDSIGMOID => {
+            let gate = S::min(S::max(S::add(x, S::splat(3.0)), S::zero()), S::splat(6.0));
+            S::mul(gate, S::splat(1.0 / 6.0))
+        }
+        _ => x,
+    }
+}
+
+/// Expands a runtime activation code into the const-generic call.
+macro_rules! with_act {
+    ($act:expr, $f:ident::<$($g:tt),*>($($arg:expr),*)) => {
+        match $act {
+            ACT_RELU => $f::<$($g,)* ACT_RELU>($($arg),*),
+            ACT_RELU6 => $f::<$($g,)* ACT_RELU6>($($arg),*),
+            ACT_HARDSWISH => $f::<$($g,)* ACT_HARDSWISH>($($arg),*),
+            ACT_HARDSIGMOID => $f::<$($g,)* ACT_HARDSIGMOID>($($arg),*),
+            _ => $f::<$($g,)* ACT_NONE>($($arg),*),
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pointwise (1x1) convolution and Linear layers: a GEMM with a fused epilogue.
+
+/// Weights packed for [`pointwise`]: panels of `2 · lanes` output channels, each `[k][panel]`,
+/// zero-filled past the real output channels.
+pub fn pack_gemm_weights(weights: &[f32], n: usize, k: usize, lanes: usize) -> (Vec<f32>, usize) {
+    // `weights` is torch's [n, k] (out, in).
+    let nr = 2 * lanes;
+    let n_pad = crate::simd::pad_channels(n);
+    let panels = n_pad.div_ceil(nr);
+    let mut packed = vec![0.0; panels * k * nr];
+    for p in 0..panels {
+        for kk in 0..k {
+            for j in 0..nr {
+                let o = p * nr + j;
+                if o < n {
+                    packed[(p * k + kk) * nr + j] = weights[o * k + kk];
+                }
+            }
+        }
+    }
+    (packed, n_pad)
+}
+
+/// One register tile: `MR` pixels × `NV` vectors of output channels, over the whole `k`.
+#[inline(always)]
+unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize, const ACT: u8>(
+    k: usize,
+    a: &[*const f32; MR],
+    b: *const f32,
+    nr: usize,
+    bias: *const f32,
+    c: &[*mut f32; MR],
+    res: Option<&[*const f32; MR]>,
+) {
+    let bias_v: [S::V; NV] = std::array::from_fn(|j| unsafe { S::load(bias.add(j * S::LANES)) });
+    let mut acc = [bias_v; MR];
+    for kk in 0..k {
+        let bp = b.add(kk * nr);
+        let bv: [S::V; NV] = std::array::from_fn(|j| unsafe { S::load(bp.add(j * S::LANES)) });
+        for r in 0..MR {
+            let av = S::splat(*a[r].add(kk));
+            for j in 0..NV {
+                acc[r][j] = S::fma(av, bv[j], acc[r][j]);
+            }
+        }
+    }
+    for r in 0..MR {
+        for j in 0..NV {
+            let mut y = activate::<S, ACT>(acc[r][j]);
+            if let Some(res) = res {
+                y = S::add(y, S::load(res[r].add(j * S::LANES)));
+            }
+            S::store(c[r].add(j * S::LANES), y);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_rows<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize) {
+    // Rows past the end repeat the last real row: they compute and store the same values.
+    let row = |r: usize| m + r.min(rows - 1);
+    let a: [*const f32; MR] = std::array::from_fn(|r| g.a.add(g.a_geom.pixel(row(r))));
+    let c: [*mut f32; MR] = std::array::from_fn(|r| g.c.add(g.c_geom.pixel(row(r))));
+    let res: Option<[*const f32; MR]> =
+        (!g.res.is_null()).then(|| std::array::from_fn(|r| g.res.add(g.res_geom.pixel(row(r)))));
+    let nr = 2 * S::LANES;
+    let panels = g.n_pad.div_ceil(nr);
+    for p in 0..panels {
+        let b = g.b.add(p * g.k * nr);
+        let bias = g.bias.add(p * nr);
+        let cp: [*mut f32; MR] = std::array::from_fn(|r| c[r].add(p * nr));
+        let rp: Option<[*const f32; MR]> = res.map(|res| std::array::from_fn(|r| res[r].add(p * nr)));
+        if g.n_pad - p * nr >= nr {
+            gemm_tile::<S, MR, 2, ACT>(g.k, &a, b, nr, bias, &cp, rp.as_ref());
+        } else {
+            gemm_tile::<S, MR, 1, ACT>(g.k, &a, b, nr, bias, &cp, rp.as_ref());
+        }
+    }
+}
+
+/// C = act(A · B + bias) (+ residual), over pixels `m0..m1` of the A/C maps.
+pub struct Gemm {
+    pub a: *const f32,
+    pub a_geom: MapGeom,
+    /// Real input channels (≤ `a_geom.c`; padding channels are skipped).
+    pub k: usize,
+    pub b: *const f32,
+    pub n_pad: usize,
+    pub bias: *const f32,
+    pub act: u8,
+    pub c: *mut f32,
+    pub c_geom: MapGeom,
+    /// Null when there is no residual.
+    pub res: *const f32,
+    pub res_geom: MapGeom,
+}
+
+#[inline(always)]
+unsafe fn gemm_generic<S: Simd>(g: &Gemm, m0: usize, m1: usize) {
+    unsafe fn run<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m0: usize, m1: usize) {
+        let mut m = m0;
+        while m < m1 {
+            let rows = MR.min(m1 - m);
+            if rows == MR || rows > MR / 2 {
+                gemm_rows::<S, MR, ACT>(g, m, rows);
+            } else if rows > MR / 4 {
+                gemm_rows_small::<S, MR, ACT>(g, m, rows);
+            } else {
+                gemm_rows_tiny::<S, MR, ACT>(g, m, rows);
+            }
+            m += rows;
+        }
+    }
+    // Remainders use a half- or quarter-height tile rather than computing up to MR-1 dead rows.
+    #[inline(always)]
+    unsafe fn gemm_rows_small<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize) {
+        match MR {
+            12 => gemm_rows::<S, 6, ACT>(g, m, rows),
+            6 => gemm_rows::<S, 3, ACT>(g, m, rows),
+            _ => gemm_rows::<S, 2, ACT>(g, m, rows),
+        }
+    }
+    #[inline(always)]
+    unsafe fn gemm_rows_tiny<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize) {
+        match MR {
+            12 => gemm_rows::<S, 3, ACT>(g, m, rows),
+            6 => gemm_rows::<S, 2, ACT>(g, m, rows),
+            _ => gemm_rows::<S, 1, ACT>(g, m, rows),
+        }
+    }
+    match S::GEMM_ROWS {
+        12 => with_act!(g.act, run::<S, 12>(g, m0, m1)),
+        6 => with_act!(g.act, run::<S, 6>(g, m0, m1)),
+        _ => with_act!(g.act, run::<S, 4>(g, m0, m1)),
+    }
+}
+
+multiversion!(pub fn gemm(g: &Gemm, m0: usize, m1: usize) => gemm_generic);
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise k x k convolution, stride 1 or 2.
+
+/// Depthwise conv over output rows `y0..y1`. Weights `[k·k][c]`, bias `[c]`; the input border
+/// must be at least `(k - 1) / 2`.
+pub struct Depthwise {
+    pub input: *const f32,
+    pub in_geom: MapGeom,
+    pub kernel: usize,
+    pub stride: usize,
+    pub weights: *const f32,
+    pub bias: *const f32,
+    pub act: u8,
+    pub output: *mut f32,
+    pub out_geom: MapGeom,
+}
+
+/// Output pixels computed together: independent accumulator chains hide FMA latency.
+const DW_PIXELS: usize = 4;
+
+#[inline(always)]
+unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Depthwise, y0: usize, y1: usize) {
+    let ig = d.in_geom;
+    let og = d.out_geom;
+    let c = ig.c;
+    let s = d.stride;
+    let off = ig.pad - (K - 1) / 2;
+    let in_row = ig.row_stride();
+    for oy in y0..y1 {
+        // Top-left tap of output pixel (oy, 0), in the bordered input.
+        let base = d.input.add((oy * s + off) * in_row + off * c);
+        let out_row = d.output.add(og.offset(oy, 0));
+        let mut cv = 0;
+        while cv < c {
+            let w: [S::V; 25] = std::array::from_fn(|t| unsafe {
+                if t < K * K { S::load(d.weights.add(t * c + cv)) } else { S::zero() }
+            });
+            let bias = S::load(d.bias.add(cv));
+            let mut ox = 0;
+            while ox + DW_PIXELS <= og.w {
+                let mut acc = [bias; DW_PIXELS];
+                for ky in 0..K {
+                    let row = base.add(ky * in_row + cv);
+                    for kx in 0..K {
+                        let wv = w[ky * K + kx];
+                        for (j, acc) in acc.iter_mut().enumerate() {
+                            *acc = S::fma(S::load(row.add(((ox + j) * s + kx) * c)), wv, *acc);
+                        }
+                    }
+                }
+                for (j, acc) in acc.iter().enumerate() {
+                    S::store(out_row.add((ox + j) * og.c + cv), activate::<S, ACT>(*acc));
+                }
+                ox += DW_PIXELS;
+            }
+            while ox < og.w {
+                let mut acc = bias;
+                for ky in 0..K {
+                    let row = base.add(ky * in_row + cv);
+                    for kx in 0..K {
+                        acc = S::fma(S::load(row.add((ox * s + kx) * c)), w[ky * K + kx], acc);
+                    }
+                }
+                S::store(out_row.add(ox * og.c + cv), activate::<S, ACT>(acc));
+                ox += 1;
+            }
+            cv += S::LANES;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn depthwise_generic<S: Simd>(d: &Depthwise, y0: usize, y1: usize) {
+    match d.kernel {
+        3 => with_act!(d.act, depthwise_rows::<S, 3>(d, y0, y1)),
+        5 => with_act!(d.act, depthwise_rows::<S, 5>(d, y0, y1)),
+        k => panic!("depthwise kernel {k} is not built (3 and 5 are)"),
+    }
+}
+
+multiversion!(pub fn depthwise(d: &Depthwise, y0: usize, y1: usize) => depthwise_generic);
+
+// ---------------------------------------------------------------------------------------------
+// Dense k x k convolution with few input channels: the stem.
+
+/// Full conv over output rows `y0..y1`. Weights `[k][k][cin][cout_pad]`.
+pub struct DirectConv {
+    pub input: *const f32,
+    pub in_geom: MapGeom,
+    pub cin: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub weights: *const f32,
+    pub bias: *const f32,
+    pub act: u8,
+    pub output: *mut f32,
+    pub out_geom: MapGeom,
+}
+
+const STEM_PIXELS: usize = 4;
+
+#[inline(always)]
+unsafe fn direct_rows<S: Simd, const ACT: u8>(d: &DirectConv, y0: usize, y1: usize) {
+    let (ig, og) = (d.in_geom, d.out_geom);
+    let (k, s, cin, cout) = (d.kernel, d.stride, d.cin, og.c);
+    let off = ig.pad - (k - 1) / 2;
+    let in_row = ig.row_stride();
+    for oy in y0..y1 {
+        let base = d.input.add((oy * s + off) * in_row + off * ig.c);
+        let out_row = d.output.add(og.offset(oy, 0));
+        let mut ox = 0;
+        while ox < og.w {
+            let px = STEM_PIXELS.min(og.w - ox);
+            let mut cv = 0;
+            while cv < cout {
+                let bias = S::load(d.bias.add(cv));
+                let mut acc = [bias; STEM_PIXELS];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        for ci in 0..cin {
+                            let wv = S::load(d.weights.add(((ky * k + kx) * cin + ci) * cout + cv));
+                            for (j, acc) in acc.iter_mut().enumerate() {
+                                // Pixels past the row end reread the last one.
+                                let x = (ox + j.min(px - 1)) * s + kx;
+                                let v = *base.add(ky * in_row + x * ig.c + ci);
+                                *acc = S::fma(S::splat(v), wv, *acc);
+                            }
+                        }
+                    }
+                }
+                for (j, acc) in acc.iter().enumerate().take(px) {
+                    S::store(out_row.add((ox + j) * og.c + cv), activate::<S, ACT>(*acc));
+                }
+                cv += S::LANES;
+            }
+            ox += px;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn direct_generic<S: Simd>(d: &DirectConv, y0: usize, y1: usize) {
+    with_act!(d.act, direct_rows::<S>(d, y0, y1))
+}
+
+multiversion!(pub fn direct_conv(d: &DirectConv, y0: usize, y1: usize) => direct_generic);
+
+// ---------------------------------------------------------------------------------------------
+// Global average pooling and squeeze-excite.
+
+/// `out[c] = mean over the interior of x[.., c]` for the padded channel count.
+#[inline(always)]
+unsafe fn mean_pool_generic<S: Simd>(x: *const f32, g: MapGeom, out: *mut f32) {
+    let mut cv = 0;
+    let scale = S::splat(1.0 / (g.h * g.w) as f32);
+    while cv < g.c {
+        // Four partial sums per vector for latency; the order of additions is fixed.
+        let mut acc = [S::zero(); 4];
+        let mut i = 0;
+        for y in 0..g.h {
+            let row = x.add(g.offset(y, 0) + cv);
+            for xx in 0..g.w {
+                acc[i & 3] = S::add(acc[i & 3], S::load(row.add(xx * g.c)));
+                i += 1;
+            }
+        }
+        let sum = S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3]));
+        S::store(out.add(cv), S::mul(sum, scale));
+        cv += S::LANES;
+    }
+}
+
+multiversion!(pub fn mean_pool(x: *const f32, g: MapGeom, out: *mut f32) => mean_pool_generic);
+
+/// Squeeze-excite in place: gate = hsigmoid(fc2 · relu(fc1 · mean(x) + b1) + b2); x *= gate.
+/// `fc1` is `[c][cs_pad]` (input-major), `fc2` is `[cs][c_pad]`; `scratch` holds `c_pad + cs_pad`.
+pub struct SqueezeExcite {
+    pub x: *mut f32,
+    pub geom: MapGeom,
+    pub channels: usize,
+    pub squeeze: usize,
+    pub squeeze_pad: usize,
+    pub fc1: *const f32,
+    pub b1: *const f32,
+    pub fc2: *const f32,
+    pub b2: *const f32,
+    pub scratch: *mut f32,
+}
+
+#[inline(always)]
+unsafe fn squeeze_excite_generic<S: Simd>(se: &SqueezeExcite) {
+    let g = se.geom;
+    let mean = se.scratch;
+    let hidden = se.scratch.add(g.c);
+    mean_pool_generic::<S>(se.x, g, mean);
+    // hidden = relu(b1 + Σ_c mean[c] · fc1[c, :])
+    let mut j = 0;
+    while j < se.squeeze_pad {
+        let mut acc = S::load(se.b1.add(j));
+        for ch in 0..se.channels {
+            acc = S::fma(S::splat(*mean.add(ch)), S::load(se.fc1.add(ch * se.squeeze_pad + j)), acc);
+        }
+        S::store(hidden.add(j), activate::<S, ACT_RELU>(acc));
+        j += S::LANES;
+    }
+    // gate = hsigmoid(b2 + Σ_j hidden[j] · fc2[j, :]), written over `mean`.
+    let mut cv = 0;
+    while cv < g.c {
+        let mut acc = S::load(se.b2.add(cv));
+        for jj in 0..se.squeeze {
+            acc = S::fma(S::splat(*hidden.add(jj)), S::load(se.fc2.add(jj * g.c + cv)), acc);
+        }
+        S::store(mean.add(cv), activate::<S, ACT_HARDSIGMOID>(acc));
+        cv += S::LANES;
+    }
+    for y in 0..g.h {
+        let row = se.x.add(g.offset(y, 0));
+        for xx in 0..g.w {
+            let px = row.add(xx * g.c);
+            let mut cv = 0;
+            while cv < g.c {
+                S::store(px.add(cv), S::mul(S::load(px.add(cv)), S::load(mean.add(cv))));
+                cv += S::LANES;
+            }
+        }
+    }
+}
+
+multiversion!(pub fn squeeze_excite(se: &SqueezeExcite) => squeeze_excite_generic);

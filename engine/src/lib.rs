@@ -1,0 +1,265 @@
+//! A small, fast CPU inference engine for MobileNet V1, V2, V3-Large and V3-Small.
+//!
+//! It reads the safetensors files the `mobilenet` tool writes (torchvision's state-dict keys plus
+//! a `mobilenet.config` metadata entry) or any torchvision-layout tensors, folds every BatchNorm
+//! into its convolution, packs the weights once, and runs NHWC kernels with the bias and
+//! activation (and the residual add) fused into each store. The instruction set (AVX-512,
+//! AVX2+FMA or portable) is picked at run time.
+//!
+//! ```no_run
+//! use mobilenet_engine::{Engine, Images};
+//! let engine = Engine::load("mobilenet_v2.safetensors")?;
+//! let pixels = vec![0.0f32; 3 * 224 * 224]; // one normalised NCHW image
+//! let logits = engine.run(&Images::new(&pixels, 1, 224, 224)?)?;
+//! println!("class {}", logits.argmax(0));
+//! # Ok::<(), mobilenet_engine::EngineError>(())
+//! ```
+
+pub mod arch;
+mod error;
+pub mod kernels;
+mod network;
+pub mod reference;
+pub mod simd;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+pub use arch::{Activation, Arch, ModelSpec};
+pub use error::{EngineError, Result};
+pub use network::TensorSource;
+use network::{Network, Workspace};
+pub use simd::Isa;
+
+/// The metadata key holding the model's configuration as JSON.
+pub const CONFIG_METADATA_KEY: &str = "mobilenet.config";
+
+/// How an engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Worker threads. 1 runs everything on the calling thread.
+    pub threads: usize,
+    /// Instruction set; `None` picks the best this CPU has ([`Isa::detect`]).
+    pub isa: Option<Isa>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self { threads: std::thread::available_parallelism().map_or(1, |n| n.get()), isa: None }
+    }
+}
+
+impl EngineOptions {
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = Some(isa);
+        self
+    }
+}
+
+/// A batch of normalised RGB images, NCHW f32 (what torchvision's transforms produce).
+#[derive(Debug, Clone, Copy)]
+pub struct Images<'a> {
+    data: &'a [f32],
+    batch: usize,
+    height: usize,
+    width: usize,
+}
+
+impl<'a> Images<'a> {
+    pub fn new(data: &'a [f32], batch: usize, height: usize, width: usize) -> Result<Self> {
+        if batch == 0 || height == 0 || width == 0 {
+            return Err(EngineError::Input(format!("empty batch: [{batch}, 3, {height}, {width}]")));
+        }
+        let want = batch * 3 * height * width;
+        if data.len() != want {
+            return Err(EngineError::Input(format!(
+                "[{batch}, 3, {height}, {width}] needs {want} values, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self { data, batch, height, width })
+    }
+
+    /// From a shape as torch writes it; it must be `[N, 3, H, W]`.
+    pub fn from_shape(data: &'a [f32], shape: &[usize]) -> Result<Self> {
+        match shape {
+            [n, 3, h, w] => Self::new(data, *n, *h, *w),
+            other => Err(EngineError::Input(format!("expected an image batch [N, 3, H, W], got shape {other:?}"))),
+        }
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    fn image(&self, i: usize) -> &'a [f32] {
+        let len = 3 * self.height * self.width;
+        &self.data[i * len..(i + 1) * len]
+    }
+}
+
+/// Logits, `[batch][classes]` row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    pub data: Vec<f32>,
+    pub batch: usize,
+    pub classes: usize,
+}
+
+impl Logits {
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.classes..(i + 1) * self.classes]
+    }
+
+    /// Index of the largest logit of image `i` (first on ties).
+    pub fn argmax(&self, i: usize) -> usize {
+        let row = self.row(i);
+        (0..row.len()).fold(0, |best, j| if row[j] > row[best] { j } else { best })
+    }
+}
+
+/// A loaded, packed model ready to run.
+pub struct Engine {
+    net: Network,
+    threads: usize,
+    pool: Option<rayon::ThreadPool>,
+    workspaces: Mutex<Vec<Workspace>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("spec", &self.net.spec).field("isa", &self.net.isa).field("threads", &self.threads).finish()
+    }
+}
+
+impl Engine {
+    /// Loads a safetensors file written by `mobilenet` (or any file with torchvision's keys and
+    /// a `mobilenet.config` metadata entry), with default options.
+    pub fn load(path: impl AsRef<Path>) -> Result<Engine> {
+        Self::load_with(path, EngineOptions::default())
+    }
+
+    pub fn load_with(path: impl AsRef<Path>, options: EngineOptions) -> Result<Engine> {
+        let path = path.as_ref();
+        let (spec, tensors) = read_safetensors(path)?;
+        let spec = spec.ok_or_else(|| {
+            EngineError::file(
+                path,
+                format!("no '{CONFIG_METADATA_KEY}' metadata, so the architecture is unknown; convert the file with `mobilenet import`, or use Engine::from_tensors with a ModelSpec"),
+            )
+        })?;
+        Self::from_tensors(&spec, tensors, options).map_err(|e| EngineError::file(path, e.to_string()))
+    }
+
+    /// Builds from tensors in torchvision's layout and keys (`[out, in, kh, kw]` convs,
+    /// `[out, in]` Linears, BatchNorm weight/bias/running_mean/running_var).
+    pub fn from_tensors(spec: &ModelSpec, tensors: HashMap<String, (Vec<usize>, Vec<f32>)>, options: EngineOptions) -> Result<Engine> {
+        let isa = options.isa.unwrap_or_else(Isa::detect);
+        if !Isa::all_available().contains(&isa) {
+            return Err(EngineError::Spec(format!("this CPU cannot run the {isa} kernels")));
+        }
+        let net = Network::build(spec, &mut TensorSource::new(tensors), isa)?;
+        let threads = options.threads.max(1);
+        let pool = if threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("mobilenet-engine-{i}"))
+                    .build()
+                    .map_err(|e| EngineError::Spec(format!("cannot start {threads} threads: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(Engine { net, threads, pool, workspaces: Mutex::new(Vec::new()) })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.net.spec
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.net.isa
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.net.spec.num_classes
+    }
+
+    /// Logits for every image. Images are split over the threads; each thread runs whole
+    /// images (no synchronisation inside the network) and then its rows of the classifier.
+    pub fn run(&self, images: &Images) -> Result<Logits> {
+        let classes = self.num_classes();
+        let mut logits = vec![0.0f32; images.batch * classes];
+        let chunks = self.threads.min(images.batch);
+        let per_chunk = images.batch.div_ceil(chunks);
+        let run_chunk = |first: usize, out: &mut [f32]| {
+            let count = out.len() / classes;
+            let mut ws = self.workspace(images.height, images.width);
+            let stride = self.net.pooled_stride();
+            let mut pooled = vec![0.0f32; count * stride];
+            for i in 0..count {
+                self.net.features_into(&mut ws, images.image(first + i), &mut pooled[i * stride..(i + 1) * stride]);
+            }
+            self.net.head(&pooled, count, out);
+            self.workspaces.lock().expect("workspace pool").push(ws);
+        };
+        match &self.pool {
+            Some(pool) if chunks > 1 => pool.install(|| {
+                use rayon::prelude::*;
+                logits.par_chunks_mut(per_chunk * classes).enumerate().for_each(|(c, out)| run_chunk(c * per_chunk, out));
+            }),
+            _ => run_chunk(0, &mut logits),
+        }
+        Ok(Logits { data: logits, batch: images.batch, classes })
+    }
+
+    fn workspace(&self, h: usize, w: usize) -> Workspace {
+        let mut pool = self.workspaces.lock().expect("workspace pool");
+        match pool.iter().position(|ws| ws.fits(h, w)) {
+            Some(i) => pool.swap_remove(i),
+            None => {
+                pool.clear();
+                drop(pool);
+                Workspace::new(&self.net, h, w)
+            }
+        }
+    }
+}
+
+/// Reads every f32 tensor of a safetensors file and its `mobilenet.config`, if any.
+pub fn read_safetensors(path: &Path) -> Result<(Option<ModelSpec>, HashMap<String, (Vec<usize>, Vec<f32>)>)> {
+    let bytes = std::fs::read(path).map_err(|e| EngineError::file(path, format!("cannot read: {e}")))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| EngineError::file(path, format!("not a safetensors file or truncated: {e}")))?;
+    let spec = match meta.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) {
+        Some(json) => Some(
+            serde_json::from_str::<ModelSpec>(json)
+                .map_err(|e| EngineError::file(path, format!("bad '{CONFIG_METADATA_KEY}' metadata: {e}")))?,
+        ),
+        None => None,
+    };
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| EngineError::file(path, format!("not a safetensors file or truncated: {e}")))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(EngineError::file(path, format!("tensor '{name}' is {:?}; the engine reads f32", view.dtype())));
+        }
+        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        tensors.insert(name, (view.shape().to_vec(), data));
+    }
+    Ok((spec, tensors))
+}

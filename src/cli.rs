@@ -190,6 +190,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub verbose: bool,
     #[command(flatten)]
+    pub backend: crate::cli_train::BackendArgs,
+    #[command(flatten)]
     pub preprocess: PreprocessArgs,
     /// Image files or directories (walked for .jpg, .jpeg, .png, .webp, .bmp).
     #[arg(required = true)]
@@ -255,7 +257,8 @@ fn predict(args: PredictArgs, device: &Device) -> anyhow::Result<()> {
     }
     let (model, preprocess) = load_weights(&args.model, &args.preprocess, &args.weights, device)?;
     let labels = Labels::for_model(model.num_classes(), args.labels.as_deref())?;
-    let classifier = Classifier::new(model, preprocess, labels, device.clone())?;
+    let runner = args.backend.runner(model, device, None)?;
+    let classifier = Classifier::with_runner(runner, preprocess, labels)?;
     let inputs = predict::find_images(&args.paths);
     let total = inputs.len();
     let options = RunOptions {
@@ -266,8 +269,8 @@ fn predict(args: PredictArgs, device: &Device) -> anyhow::Result<()> {
     if args.verbose {
         eprintln!(
             "{} ({} classes), preprocessing: resize {}, crop {}, mean {:?}, std {:?}; {total} inputs, batches of {}",
-            classifier.model().config().arch,
-            classifier.model().num_classes(),
+            classifier.runner().config().arch,
+            classifier.runner().num_classes(),
             preprocess.resize_size,
             preprocess.crop_size,
             preprocess.mean,

@@ -10,7 +10,7 @@ use clap::{ArgAction, Args};
 use crate::augment::{AugmentConfig, TrainCrop};
 use crate::cli::ModelArgs;
 use crate::data::{self, DataFormat};
-use crate::evaluate::{evaluate, recalibrate_bn, EvalResult};
+use crate::evaluate::{evaluate_with, recalibrate_bn, EvalResult};
 use crate::optim::{OptimizerConfig, OptimizerKind};
 use crate::preprocess::Preprocess;
 use crate::schedule::{Schedule, ScheduleKind};
@@ -23,6 +23,29 @@ pub struct DeviceArgs {
     /// cpu (burn's pure-Rust flex backend) or wgpu (GPU; needs the `wgpu` cargo feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+/// Which implementation runs inference, and with how many threads.
+#[derive(Args, Debug, Clone)]
+pub struct BackendArgs {
+    /// engine: the fused CPU engine (default on --device cpu); burn: burn on --device.
+    #[arg(long, value_enum, default_value_t = crate::engine::Backend::Engine)]
+    pub backend: crate::engine::Backend,
+    /// Engine threads [default: all cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl BackendArgs {
+    /// The model on the chosen backend. A GPU device always runs burn: the engine is CPU-only.
+    pub fn runner(&self, model: crate::MobileNet, device: &Device, device_args: Option<&DeviceArgs>) -> anyhow::Result<crate::engine::Runner> {
+        let on_cpu = device_args.is_none_or(|d| matches!(d.device.as_str(), "cpu" | "flex"));
+        let backend = if on_cpu { self.backend } else { crate::engine::Backend::Burn };
+        if self.threads == Some(0) {
+            bail!("--threads must be at least 1");
+        }
+        Ok(crate::engine::Runner::new(model, backend, device, self.threads.unwrap_or(0))?)
+    }
 }
 
 impl DeviceArgs {
@@ -182,6 +205,8 @@ pub struct EvalArgs {
     pub data: DataArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub backend: BackendArgs,
     /// Weights to evaluate (ours or torchvision's).
     #[arg(long)]
     pub weights: PathBuf,
@@ -376,7 +401,8 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         model = recalibrate_bn(model, &train_set, &augment, args.recalibrate_bn, args.batch_size, args.seed, &device)?;
     }
     let bar = indicatif::ProgressBar::new(val_set.len() as u64);
-    let result = evaluate(&model, &val_set, &augment, args.batch_size, &device, |n| bar.inc(n as u64))?;
+    let runner = args.backend.runner(model, &device, Some(&args.device))?;
+    let result = evaluate_with(&runner, &val_set, &augment, args.batch_size, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&result)?);

@@ -12,6 +12,10 @@ pub enum Error {
     #[error("invalid model configuration: {0}")]
     InvalidConfig(String),
 
+    /// From the CPU inference engine; the message names the file or input at fault.
+    #[error("{0}")]
+    Engine(String),
+
     #[error("{path}: file not found")]
     NotFound { path: PathBuf },
 

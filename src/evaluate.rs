@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::augment::AugmentConfig;
 use crate::data::Dataset;
+use crate::engine::{Backend, Runner};
 use crate::error::Result;
 use crate::loader::{self, Batch, Mode};
 use crate::{params, MobileNet};
@@ -64,10 +65,21 @@ pub fn evaluate(
     augment: &AugmentConfig,
     batch_size: usize,
     device: &Device,
+    on_batch: impl FnMut(usize),
+) -> Result<EvalResult> {
+    let runner = Runner::new(model.valid(), Backend::Burn, device, 0)?;
+    evaluate_with(&runner, data, augment, batch_size, on_batch)
+}
+
+/// [`evaluate`] on any backend (the CLI's `eval` runs the CPU engine by default).
+pub fn evaluate_with(
+    runner: &Runner,
+    data: &Arc<Dataset>,
+    augment: &AugmentConfig,
+    batch_size: usize,
     mut on_batch: impl FnMut(usize),
 ) -> Result<EvalResult> {
-    let model = model.valid().eval_mode();
-    let k = model.num_classes();
+    let k = runner.num_classes();
     let order: Vec<usize> = (0..data.len()).collect();
     let rx = loader::spawn(data.clone(), *augment, order, batch_size, Mode::Eval);
     let mut loss_sum = 0.0;
@@ -76,11 +88,9 @@ pub fn evaluate(
         data.classes.iter().map(|c| ClassAccuracy { class: c.clone(), correct: 0, total: 0 }).collect();
     for batch in rx {
         let batch = batch?;
-        let (x, y) = batch.to_tensors(device);
-        let logits = model.forward(x);
-        let loss = cross_entropy(logits.clone(), y, 0.0).into_scalar::<f32>() as f64;
-        loss_sum += loss * batch.len() as f64;
-        let values: Vec<f32> = logits.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32");
+        let n = batch.len();
+        let values = runner.logits(batch.images.clone(), n, batch.size, batch.size)?;
+        loss_sum += values.chunks_exact(k).zip(&batch.labels).map(|(z, &y)| host_cross_entropy(z, y as usize)).sum::<f64>();
         for ((hit1, hit5), &label) in topk_hits(&values, k, &batch.labels).into_iter().zip(&batch.labels) {
             top1 += hit1 as usize;
             top5 += hit5 as usize;
@@ -89,10 +99,17 @@ pub fn evaluate(
                 c.correct += hit1 as usize;
             }
         }
-        on_batch(batch.len());
+        on_batch(n);
     }
     let n = data.len().max(1) as f64;
     Ok(EvalResult { samples: data.len(), loss: loss_sum / n, top1: top1 as f64 / n, top5: top5 as f64 / n, per_class })
+}
+
+/// −log softmax(z)[label], in f64 (log-sum-exp with the max subtracted).
+fn host_cross_entropy(z: &[f32], label: usize) -> f64 {
+    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max + z.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    lse - z.get(label).copied().unwrap_or(f32::NAN) as f64
 }
 
 /// Recomputes every BatchNorm's running statistics over `batches` training batches (evaluation

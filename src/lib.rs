@@ -27,6 +27,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod cli_train;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod evaluate;
 pub mod labels;

@@ -6,9 +6,10 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use serde::Serialize;
 
+use crate::engine::{Backend, Runner};
 use crate::error::{Error, Result};
 use crate::labels::Labels;
 use crate::preprocess::{self, Preprocess};
@@ -77,21 +78,25 @@ impl Default for RunOptions {
 
 /// A model in eval mode with the preprocessing and labels that go with its weights.
 pub struct Classifier {
-    model: MobileNet,
+    runner: Runner,
     preprocess: Preprocess,
     labels: Option<Labels>,
-    device: Device,
 }
 
 impl Classifier {
     /// Puts `model` in eval mode (BatchNorm running statistics, no dropout), as torchvision's
     /// `model.eval()` before inference. Labels, when given, must number the model's classes.
     pub fn new(model: MobileNet, preprocess: Preprocess, labels: Option<Labels>, device: Device) -> Result<Self> {
+        Self::with_runner(Runner::new(model, Backend::Burn, &device, 0)?, preprocess, labels)
+    }
+
+    /// On any backend ([`Runner::new`]): the CLI's default is the CPU engine.
+    pub fn with_runner(runner: Runner, preprocess: Preprocess, labels: Option<Labels>) -> Result<Self> {
         preprocess.validate()?;
         if let Some(labels) = &labels {
-            labels.check_len(model.num_classes())?;
+            labels.check_len(runner.num_classes())?;
         }
-        Ok(Self { model: model.eval_mode(), preprocess, labels, device })
+        Ok(Self { runner, preprocess, labels })
     }
 
     pub fn preprocess(&self) -> &Preprocess {
@@ -102,8 +107,8 @@ impl Classifier {
         self.labels.as_ref()
     }
 
-    pub fn model(&self) -> &MobileNet {
-        &self.model
+    pub fn runner(&self) -> &Runner {
+        &self.runner
     }
 
     /// Softmax probabilities `[N][num_classes]` for preprocessed images (each
@@ -123,11 +128,8 @@ impl Classifier {
             }
             data.extend_from_slice(image);
         }
-        let input = Tensor::<4>::from_data(TensorData::new(data, [images.len(), 3, side, side]), &self.device);
-        let logits = self.model.forward(input);
-        let classes = self.model.num_classes();
-        let logits = logits.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits");
-        Ok(logits.chunks_exact(classes).map(softmax).collect())
+        let logits = self.runner.logits(data, images.len(), side, side)?;
+        Ok(logits.chunks_exact(self.runner.num_classes()).map(softmax).collect())
     }
 
     /// The `k` most probable classes, most probable first (ties: lower index first).

@@ -109,11 +109,19 @@ unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize, const ACT: u8>(
     c: &[*mut f32; MR],
     res: Option<&[*const f32; MR]>,
 ) {
-    let bias_v: [S::V; NV] = std::array::from_fn(|j| unsafe { S::load(bias.add(j * S::LANES)) });
+    // No closures here: a closure is a separate function without the caller's target features,
+    // and the intrinsics in it would not be inlined.
+    let mut bias_v = [S::zero(); NV];
+    for (j, v) in bias_v.iter_mut().enumerate() {
+        *v = S::load(bias.add(j * S::LANES));
+    }
     let mut acc = [bias_v; MR];
     for kk in 0..k {
         let bp = b.add(kk * nr);
-        let bv: [S::V; NV] = std::array::from_fn(|j| unsafe { S::load(bp.add(j * S::LANES)) });
+        let mut bv = [S::zero(); NV];
+        for (j, v) in bv.iter_mut().enumerate() {
+            *v = S::load(bp.add(j * S::LANES));
+        }
         for r in 0..MR {
             let av = S::splat(*a[r].add(kk));
             for j in 0..NV {
@@ -174,6 +182,7 @@ pub struct Gemm {
 
 #[inline(always)]
 unsafe fn gemm_generic<S: Simd>(g: &Gemm, m0: usize, m1: usize) {
+    #[inline(always)]
     unsafe fn run<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m0: usize, m1: usize) {
         let mut m = m0;
         while m < m1 {
@@ -248,9 +257,10 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Depthwise, 
         let out_row = d.output.add(og.offset(oy, 0));
         let mut cv = 0;
         while cv < c {
-            let w: [S::V; 25] = std::array::from_fn(|t| unsafe {
-                if t < K * K { S::load(d.weights.add(t * c + cv)) } else { S::zero() }
-            });
+            let mut w = [S::zero(); 25];
+            for (t, v) in w.iter_mut().enumerate().take(K * K) {
+                *v = S::load(d.weights.add(t * c + cv));
+            }
             let bias = S::load(d.bias.add(cv));
             let mut ox = 0;
             while ox + DW_PIXELS <= og.w {

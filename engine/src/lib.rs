@@ -16,6 +16,7 @@
 //! ```
 
 pub mod arch;
+pub mod bench;
 mod error;
 pub mod kernels;
 mod network;
@@ -159,11 +160,20 @@ impl Engine {
     /// Builds from tensors in torchvision's layout and keys (`[out, in, kh, kw]` convs,
     /// `[out, in]` Linears, BatchNorm weight/bias/running_mean/running_var).
     pub fn from_tensors(spec: &ModelSpec, tensors: HashMap<String, (Vec<usize>, Vec<f32>)>, options: EngineOptions) -> Result<Engine> {
+        Self::from_source(spec, &mut TensorSource::new(tensors), options)
+    }
+
+    /// An engine with made-up weights of the right shapes (for benchmarks).
+    pub fn random(spec: &ModelSpec, seed: u64, options: EngineOptions) -> Result<Engine> {
+        Self::from_source(spec, &mut TensorSource::random(seed), options)
+    }
+
+    fn from_source(spec: &ModelSpec, source: &mut TensorSource, options: EngineOptions) -> Result<Engine> {
         let isa = options.isa.unwrap_or_else(Isa::detect);
         if !Isa::all_available().contains(&isa) {
             return Err(EngineError::Spec(format!("this CPU cannot run the {isa} kernels")));
         }
-        let net = Network::build(spec, &mut TensorSource::new(tensors), isa)?;
+        let net = Network::build(spec, source, isa)?;
         let threads = options.threads.max(1);
         let pool = if threads > 1 {
             Some(

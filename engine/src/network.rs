@@ -15,14 +15,39 @@ use crate::simd::{pad_channels, Isa};
 pub struct TensorSource {
     tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
     used: BTreeSet<String>,
+    /// When set, every requested tensor is made up (for benchmarks): a seed.
+    random: Option<u64>,
 }
 
 impl TensorSource {
     pub fn new(tensors: HashMap<String, (Vec<usize>, Vec<f32>)>) -> Self {
-        Self { tensors, used: BTreeSet::new() }
+        Self { tensors, used: BTreeSet::new(), random: None }
+    }
+
+    /// Made-up weights of the right shapes and scales (He-normal-like convs, BatchNorm near
+    /// identity): for timing, where the values do not matter but must stay finite and normal.
+    pub fn random(seed: u64) -> Self {
+        Self { tensors: HashMap::new(), used: BTreeSet::new(), random: Some(seed) }
     }
 
     fn take(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        if let Some(seed) = self.random.as_mut() {
+            let n: usize = shape.iter().product();
+            let fan_in = shape.iter().skip(1).product::<usize>().max(1) as f32;
+            let mut next = || {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            };
+            let data = if key.ends_with("running_var") || (key.ends_with(".weight") && shape.len() == 1) {
+                (0..n).map(|_| 1.0 + 0.1 * next()).collect()
+            } else if shape.len() == 1 {
+                (0..n).map(|_| 0.1 * next()).collect()
+            } else {
+                let scale = (3.0 / fan_in).sqrt();
+                (0..n).map(|_| scale * next()).collect()
+            };
+            return Ok(data);
+        }
         let (found, data) = self.tensors.get(key).ok_or_else(|| EngineError::MissingTensor(key.to_string()))?;
         // A 1x1 conv stored as [out, in] (a Linear) or a Linear as [out, in, 1, 1] is the same data.
         let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();

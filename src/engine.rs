@@ -1,0 +1,144 @@
+//! Inference on the CPU engine (crate `mobilenet-engine`), the default behind `predict`, `eval`
+//! and `bench`, or on burn (`--backend burn`, and any GPU device).
+//!
+//! The engine is built from a loaded burn model, so every weight format `weights::load` reads
+//! (ours, torchvision .pth, safetensors) runs on it; `mobilenet_engine::Engine::load` reads our
+//! safetensors files directly, without burn.
+
+use burn::tensor::{Device, Tensor, TensorData};
+pub use mobilenet_engine::{Engine, EngineOptions, Images, Isa, Logits};
+
+use crate::blocks::Activation;
+use crate::error::{Error, Result};
+use crate::zoo::{Arch, MobileNet, ModelConfig};
+use crate::{params, weights};
+
+/// Which implementation runs inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Backend {
+    /// The fused NHWC CPU engine (mobilenet-engine).
+    #[default]
+    Engine,
+    /// burn, on the chosen device.
+    Burn,
+}
+
+impl From<Arch> for mobilenet_engine::Arch {
+    fn from(arch: Arch) -> Self {
+        match arch {
+            Arch::V1 => mobilenet_engine::Arch::V1,
+            Arch::V2 => mobilenet_engine::Arch::V2,
+            Arch::V3Large => mobilenet_engine::Arch::V3Large,
+            Arch::V3Small => mobilenet_engine::Arch::V3Small,
+        }
+    }
+}
+
+impl From<Activation> for mobilenet_engine::Activation {
+    fn from(act: Activation) -> Self {
+        match act {
+            Activation::Relu => mobilenet_engine::Activation::Relu,
+            Activation::Relu6 => mobilenet_engine::Activation::Relu6,
+            Activation::Hardswish => mobilenet_engine::Activation::Hardswish,
+            Activation::Hardsigmoid => mobilenet_engine::Activation::Hardsigmoid,
+        }
+    }
+}
+
+impl From<mobilenet_engine::Activation> for Activation {
+    fn from(act: mobilenet_engine::Activation) -> Self {
+        match act {
+            mobilenet_engine::Activation::Relu => Activation::Relu,
+            mobilenet_engine::Activation::Relu6 => Activation::Relu6,
+            mobilenet_engine::Activation::Hardswish => Activation::Hardswish,
+            mobilenet_engine::Activation::Hardsigmoid => Activation::Hardsigmoid,
+        }
+    }
+}
+
+/// What the engine needs of a model configuration.
+pub fn spec(config: &ModelConfig) -> mobilenet_engine::ModelSpec {
+    mobilenet_engine::ModelSpec {
+        arch: config.arch.into(),
+        num_classes: config.num_classes,
+        width_mult: config.width_mult,
+        norm_eps: config.norm_eps,
+        v1_activation: config.v1_activation.into(),
+    }
+}
+
+/// An engine holding `model`'s current weights and BatchNorm statistics (eval mode).
+pub fn from_model(model: &MobileNet, options: EngineOptions) -> Result<Engine> {
+    let mut tensors = std::collections::HashMap::new();
+    for (key, flat) in params::collect(model) {
+        let mut dims = flat.dims.clone();
+        let mut data: Vec<f32> = flat.value.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 parameters");
+        // burn's Linear weight is [in, out]; torch's (and the engine's) is [out, in].
+        if key.starts_with("classifier") && dims.len() == 2 {
+            let (inp, out) = (dims[0], dims[1]);
+            let mut t = vec![0.0; data.len()];
+            for i in 0..inp {
+                for o in 0..out {
+                    t[o * inp + i] = data[i * out + o];
+                }
+            }
+            data = t;
+            dims = vec![out, inp];
+        }
+        tensors.insert(key, (dims, data));
+    }
+    Engine::from_tensors(&spec(model.config()), tensors, options).map_err(|e| Error::Engine(e.to_string()))
+}
+
+/// Loads any weight file `weights::load` reads onto the engine.
+pub fn load(path: &std::path::Path, config: Option<&ModelConfig>, options: EngineOptions) -> Result<Engine> {
+    let model = weights::load(path, config, &Device::flex())?;
+    from_model(&model, options)
+}
+
+/// A model ready for inference on one backend.
+pub enum Runner {
+    Engine { engine: Engine, config: ModelConfig },
+    Burn { model: MobileNet, device: Device },
+}
+
+impl Runner {
+    /// `model` on `backend`; the engine runs on the CPU with `threads` threads (0: all cores).
+    pub fn new(model: MobileNet, backend: Backend, device: &Device, threads: usize) -> Result<Self> {
+        match backend {
+            Backend::Engine => {
+                let mut options = EngineOptions::default();
+                if threads > 0 {
+                    options = options.with_threads(threads);
+                }
+                Ok(Runner::Engine { engine: from_model(&model, options)?, config: *model.config() })
+            }
+            Backend::Burn => Ok(Runner::Burn { model: model.eval_mode(), device: device.clone() }),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Runner::Engine { config, .. } => config,
+            Runner::Burn { model, .. } => model.config(),
+        }
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.config().num_classes
+    }
+
+    /// Logits `[n][classes]` for `n` NCHW images of `h` x `w`.
+    pub fn logits(&self, data: Vec<f32>, n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        match self {
+            Runner::Engine { engine, .. } => {
+                let images = Images::new(&data, n, h, w).map_err(|e| Error::Engine(e.to_string()))?;
+                Ok(engine.run(&images).map_err(|e| Error::Engine(e.to_string()))?.data)
+            }
+            Runner::Burn { model, device } => {
+                let x = Tensor::<4>::from_data(TensorData::new(data, [n, 3, h, w]), device);
+                Ok(model.forward(x).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits"))
+            }
+        }
+    }
+}

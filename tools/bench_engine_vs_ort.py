@@ -393,4 +393,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (RuntimeError, subprocess.TimeoutExpired) as e:
+        sys.exit(f"error: {e}")

@@ -20,16 +20,9 @@ use burn::tensor::{Device, Tensor};
 use crate::sequential;
 use crate::summary::ShapeTrace;
 
-/// torchvision's `_make_divisible`: round `value` to the nearest multiple of `divisor`, never
-/// below `divisor` and never more than 10% below `value`.
-pub fn make_divisible(value: f64, divisor: usize) -> usize {
-    let d = divisor as f64;
-    let mut new_value = ((value + d / 2.0) as usize / divisor * divisor).max(divisor);
-    if (new_value as f64) < 0.9 * value {
-        new_value += divisor;
-    }
-    new_value
-}
+/// The architecture tables and `_make_divisible` live in the engine crate, shared by both
+/// implementations so that they always build the same network.
+pub use mobilenet_engine::arch::{make_divisible, BneckConfig};
 
 /// Weight initialisation, exactly as torchvision's MobileNet constructors do it.
 pub mod init {
@@ -443,31 +436,6 @@ sequential! {
     }
 }
 
-/// One row of V3's `bneck_conf` tables (paper Tables 1 and 2), before width scaling.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BneckConfig {
-    pub input_channels: usize,
-    pub kernel: usize,
-    pub expanded_channels: usize,
-    pub out_channels: usize,
-    pub use_se: bool,
-    pub activation: Activation,
-    pub stride: usize,
-}
-
-impl BneckConfig {
-    /// torchvision's `InvertedResidualConfig`: every channel count through `_make_divisible`.
-    pub fn scaled(&self, width_mult: f64) -> Self {
-        let adjust = |c: usize| make_divisible(c as f64 * width_mult, 8);
-        Self {
-            input_channels: adjust(self.input_channels),
-            expanded_channels: adjust(self.expanded_channels),
-            out_channels: adjust(self.out_channels),
-            ..*self
-        }
-    }
-}
-
 /// MobileNetV3's bottleneck block (keys `block.*`).
 #[derive(Module, Debug)]
 pub struct InvertedResidualV3 {
@@ -478,7 +446,7 @@ pub struct InvertedResidualV3 {
 impl InvertedResidualV3 {
     /// `cnf` must already be width-scaled.
     pub fn new(cnf: &BneckConfig, norm: NormConfig, device: &Device) -> Self {
-        let act = Some(cnf.activation);
+        let act = Some(cnf.activation.into());
         let (inp, exp, out) = (cnf.input_channels, cnf.expanded_channels, cnf.out_channels);
         let expand =
             (exp != inp).then(|| Conv2dNormActivation::new(inp, exp, 1, 1, 1, act, norm, device));
@@ -486,7 +454,7 @@ impl InvertedResidualV3 {
             Conv2dNormActivation::new(exp, exp, cnf.kernel, cnf.stride, exp, act, norm, device);
         let se = cnf
             .use_se
-            .then(|| SqueezeExcitation::new(exp, make_divisible((exp / 4) as f64, 8), device));
+            .then(|| SqueezeExcitation::new(exp, cnf.squeeze_channels(), device));
         let project = Conv2dNormActivation::new(exp, out, 1, 1, 1, None, norm, device);
         Self {
             block: InvertedResidualV3Layers { expand, depthwise, se, project },

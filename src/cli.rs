@@ -40,6 +40,30 @@ pub enum Command {
     RecalibrateBn(crate::cli_train::RecalibrateArgs),
     /// Plot the validation curves of several runs in one PNG and print their last epochs.
     CompareRuns(crate::cli_train::CompareArgs),
+    /// Inference latency after warm-up: median and min ms per batch, images/s (the engine by
+    /// default; --backend burn for burn on the CPU).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Weights to time (any format `predict` reads) [default: freshly initialised weights].
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Threads for the engine, and for burn's CPU kernels.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    #[arg(long, value_enum, default_value_t = crate::engine::Backend::Engine)]
+    pub backend: crate::engine::Backend,
+    /// Time at least this long (after 3 warm-up runs, and at least 10 runs).
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
 }
 
 /// Options that choose and shape a model.
@@ -225,6 +249,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => crate::cli_train::eval(args),
         Command::RecalibrateBn(args) => crate::cli_train::recalibrate(args),
         Command::CompareRuns(args) => crate::cli_train::compare(args),
+        Command::Bench(args) => bench(args, &device),
     }
 }
 
@@ -375,5 +400,55 @@ fn infer(args: InferArgs, device: &Device) -> anyhow::Result<()> {
     let logits = HostTensor::from_tensor(logits);
     write_tensors(&args.output, &[("logits", &logits)])?;
     eprintln!("wrote logits {:?} to {}", logits.shape, args.output.display());
+    Ok(())
+}
+
+fn bench(args: BenchArgs, device: &Device) -> anyhow::Result<()> {
+    if args.batch == 0 || args.threads == 0 || args.image_size == 0 {
+        bail!("--batch, --threads and --image-size must be at least 1");
+    }
+    if !(args.seconds.is_finite() && args.seconds >= 0.0) {
+        bail!("--seconds must be a non-negative number");
+    }
+    let model = match &args.weights {
+        Some(path) => {
+            let Some(config) = args.model.config(weights::read_config(path)?)? else {
+                bail!("{}: the file does not say which model it holds; pass --model", path.display());
+            };
+            weights::load_into(MobileNet::new(&config, device)?, path)?
+        }
+        None => {
+            let Some(config) = args.model.config(None)? else {
+                bail!("bench needs --model NAME or --weights FILE");
+            };
+            MobileNet::new(&config, device)?
+        }
+    };
+    let config = *model.config();
+    // burn's CPU kernels use rayon's current pool: run them inside one of --threads threads.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
+    let runner = crate::engine::Runner::new(model, args.backend, device, args.threads)?;
+    let (n, s) = (args.batch, args.image_size);
+    let pixels: Vec<f32> = (0..n * 3 * s * s).map(|i| (i % 251) as f32 / 125.0 - 1.0).collect();
+    let mut failure = None;
+    let result = pool.install(|| {
+        mobilenet_engine::bench::measure(n, 3, 10, std::time::Duration::from_secs_f64(args.seconds), || {
+            if let Err(e) = runner.logits(pixels.clone(), n, s, s) {
+                failure.get_or_insert(e);
+            }
+        })
+    });
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let backend = match &runner {
+        crate::engine::Runner::Engine { engine, .. } => format!("engine ({})", engine.isa()),
+        crate::engine::Runner::Burn { .. } => "burn (flex)".to_string(),
+    };
+    println!(
+        "model: {} width {} | backend: {backend} | batch {n} | threads {} | {s}x{s}",
+        config.arch, config.width_mult, args.threads
+    );
+    println!("{}", result.report());
     Ok(())
 }

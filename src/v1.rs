@@ -12,24 +12,9 @@ use crate::sequential;
 use crate::summary::ShapeTrace;
 use crate::zoo::ModelConfig;
 
-/// The paper's Table 1 after the stem: (output channels, stride) of each depthwise separable
-/// block. The stem is a full 3x3/2 conv to 32 channels.
-pub const V1_STEM_CHANNELS: usize = 32;
-pub const V1_BLOCKS: [(usize, usize); 13] = [
-    (64, 1),
-    (128, 2), // 112 -> 56
-    (128, 1),
-    (256, 2), // 56 -> 28
-    (256, 1),
-    (512, 2), // 28 -> 14
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (512, 1),
-    (1024, 2), // 14 -> 7
-    (1024, 1),
-];
+/// The paper's Table 1 after the stem ((output channels, stride) per depthwise separable block)
+/// and the stem width, defined once in the engine crate's `arch` module.
+pub use mobilenet_engine::arch::{V1_BLOCKS, V1_STEM_CHANNELS};
 
 sequential! {
     /// `features`: the stem conv and the 13 depthwise separable blocks.

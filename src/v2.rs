@@ -11,19 +11,9 @@ use crate::sequential;
 use crate::summary::ShapeTrace;
 use crate::zoo::ModelConfig;
 
-/// The paper's Table 2: expansion t, output channels c, repeats n, first stride s.
-pub const V2_INVERTED_RESIDUAL_SETTING: [[usize; 4]; 7] = [
-    // t, c, n, s
-    [1, 16, 1, 1],
-    [6, 24, 2, 2], // 112 -> 56
-    [6, 32, 3, 2], // 56 -> 28
-    [6, 64, 4, 2], // 28 -> 14
-    [6, 96, 3, 1],
-    [6, 160, 3, 2], // 14 -> 7
-    [6, 320, 1, 1],
-];
-pub const V2_STEM_CHANNELS: usize = 32;
-pub const V2_LAST_CHANNELS: usize = 1280;
+/// The paper's Table 2 (expansion t, output channels c, repeats n, first stride s), the stem
+/// and last widths, defined once in the engine crate's `arch` module.
+pub use mobilenet_engine::arch::{V2_INVERTED_RESIDUAL_SETTING, V2_LAST_CHANNELS, V2_STEM_CHANNELS};
 
 sequential! {
     /// `features`: stem, 17 inverted residuals, the 1x1 conv to 1280 channels.

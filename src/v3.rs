@@ -13,59 +13,11 @@ use crate::sequential;
 use crate::summary::ShapeTrace;
 use crate::zoo::{Arch, ModelConfig};
 
-const RE: Activation = Activation::Relu;
 const HS: Activation = Activation::Hardswish;
 
-/// One `bneck_conf` row: input, kernel, expanded, output, SE, activation, stride.
-const fn bneck(
-    input_channels: usize,
-    kernel: usize,
-    expanded_channels: usize,
-    out_channels: usize,
-    use_se: bool,
-    activation: Activation,
-    stride: usize,
-) -> BneckConfig {
-    BneckConfig { input_channels, kernel, expanded_channels, out_channels, use_se, activation, stride }
-}
-
-/// The paper's Table 1 (MobileNetV3-Large).
-pub const V3_LARGE_BNECK: [BneckConfig; 15] = [
-    bneck(16, 3, 16, 16, false, RE, 1),
-    bneck(16, 3, 64, 24, false, RE, 2), // C1
-    bneck(24, 3, 72, 24, false, RE, 1),
-    bneck(24, 5, 72, 40, true, RE, 2), // C2
-    bneck(40, 5, 120, 40, true, RE, 1),
-    bneck(40, 5, 120, 40, true, RE, 1),
-    bneck(40, 3, 240, 80, false, HS, 2), // C3
-    bneck(80, 3, 200, 80, false, HS, 1),
-    bneck(80, 3, 184, 80, false, HS, 1),
-    bneck(80, 3, 184, 80, false, HS, 1),
-    bneck(80, 3, 480, 112, true, HS, 1),
-    bneck(112, 3, 672, 112, true, HS, 1),
-    bneck(112, 5, 672, 160, true, HS, 2), // C4
-    bneck(160, 5, 960, 160, true, HS, 1),
-    bneck(160, 5, 960, 160, true, HS, 1),
-];
-/// Hidden width of the Large classifier (before width scaling).
-pub const V3_LARGE_LAST_CHANNELS: usize = 1280; // C5
-
-/// The paper's Table 2 (MobileNetV3-Small).
-pub const V3_SMALL_BNECK: [BneckConfig; 11] = [
-    bneck(16, 3, 16, 16, true, RE, 2), // C1
-    bneck(16, 3, 72, 24, false, RE, 2), // C2
-    bneck(24, 3, 88, 24, false, RE, 1),
-    bneck(24, 5, 96, 40, true, HS, 2), // C3
-    bneck(40, 5, 240, 40, true, HS, 1),
-    bneck(40, 5, 240, 40, true, HS, 1),
-    bneck(40, 5, 120, 48, true, HS, 1),
-    bneck(48, 5, 144, 48, true, HS, 1),
-    bneck(48, 5, 288, 96, true, HS, 2), // C4
-    bneck(96, 5, 576, 96, true, HS, 1),
-    bneck(96, 5, 576, 96, true, HS, 1),
-];
-/// Hidden width of the Small classifier (before width scaling).
-pub const V3_SMALL_LAST_CHANNELS: usize = 1024; // C5
+/// The paper's Tables 1 and 2 (`bneck_conf` rows: input, kernel, expanded, output, SE,
+/// activation, stride), defined once in the engine crate's `arch` module.
+pub use mobilenet_engine::arch::{V3_LARGE_BNECK, V3_LARGE_LAST_CHANNELS, V3_SMALL_BNECK, V3_SMALL_LAST_CHANNELS};
 
 sequential! {
     /// `features`: h-swish stem, the bneck blocks, the 1x1 conv to 6x the last block's width.

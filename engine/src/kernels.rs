@@ -238,6 +238,9 @@ pub struct Depthwise {
     pub act: u8,
     pub output: *mut f32,
     pub out_geom: MapGeom,
+    /// The output row stored first in `output` (0 for a whole map; a band's first row when
+    /// `output` holds only a band of rows).
+    pub out_row0: usize,
 }
 
 /// Output pixels computed together: independent accumulator chains hide FMA latency.
@@ -254,7 +257,7 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Depthwise, 
     for oy in y0..y1 {
         // Top-left tap of output pixel (oy, 0), in the bordered input.
         let base = d.input.add((oy * s + off) * in_row + off * c);
-        let out_row = d.output.add(og.offset(oy, 0));
+        let out_row = d.output.add(og.offset(oy - d.out_row0, 0));
         let mut cv = 0;
         while cv < c {
             let mut w = [S::zero(); 25];

@@ -29,7 +29,7 @@ use std::sync::Mutex;
 
 pub use arch::{Activation, Arch, ModelSpec};
 pub use error::{EngineError, Result};
-pub use network::TensorSource;
+pub use network::{LayerProfile, TensorSource};
 use network::{Network, Workspace};
 pub use simd::Isa;
 
@@ -231,6 +231,14 @@ impl Engine {
             _ => run_chunk(0, &mut logits),
         }
         Ok(Logits { data: logits, batch: images.batch, classes })
+    }
+
+    /// Per-layer median times on the first image (single thread), with MACs and bytes.
+    pub fn profile(&self, images: &Images, runs: usize) -> Vec<LayerProfile> {
+        let mut ws = self.workspace(images.height, images.width);
+        let out = self.net.profile(&mut ws, images.image(0), runs);
+        self.workspaces.lock().expect("workspace pool").push(ws);
+        out
     }
 
     fn workspace(&self, h: usize, w: usize) -> Workspace {

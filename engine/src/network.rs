@@ -139,6 +139,9 @@ pub struct Network {
     /// The map that is pooled into the classifier.
     features: usize,
     head: Vec<Dense>,
+    /// `fuse[i]`: layer i is a depthwise conv whose output only layer i + 1, a pointwise conv,
+    /// reads; the pair runs a band of rows at a time and the depthwise map never leaves cache.
+    fuse: Vec<bool>,
 }
 
 struct Builder<'a> {
@@ -269,6 +272,31 @@ impl Builder<'_> {
 }
 
 impl Network {
+    fn new(spec: ModelSpec, isa: Isa, maps: Vec<MapInfo>, layers: Vec<Layer>, features: usize, head: Vec<Dense>) -> Self {
+        let mut readers = vec![0usize; maps.len()];
+        for layer in &layers {
+            match layer {
+                Layer::Direct { input, .. } | Layer::Depthwise { input, .. } => readers[*input] += 1,
+                Layer::Pointwise { input, residual, .. } => {
+                    readers[*input] += 1;
+                    if let Some(r) = residual {
+                        readers[*r] += 1;
+                    }
+                }
+                Layer::SqueezeExcite { map, .. } => readers[*map] += 1,
+            }
+        }
+        let fuse = (0..layers.len())
+            .map(|i| match (&layers[i], layers.get(i + 1)) {
+                (Layer::Depthwise { output, .. }, Some(Layer::Pointwise { input, .. })) => {
+                    output == input && readers[*output] == 1 && *output != features
+                }
+                _ => false,
+            })
+            .collect();
+        Network { spec, isa, maps, layers, features, head, fuse }
+    }
+
     pub fn build(spec: &ModelSpec, src: &mut TensorSource, isa: Isa) -> Result<Network> {
         if spec.num_classes == 0 {
             return Err(EngineError::Spec("num_classes must be at least 1".into()));
@@ -355,7 +383,7 @@ impl Network {
             }
         };
         b.src.finish()?;
-        Ok(Network { spec: *spec, isa, maps: b.maps, layers: b.layers, features, head })
+        Ok(Network::new(*spec, isa, b.maps, b.layers, features, head))
     }
 
     /// Every map's geometry for an `h` x `w` input.
@@ -381,24 +409,125 @@ impl Network {
     }
 }
 
-/// Buffers for one thread: every map of one image, reused from run to run (borders stay zero).
+/// One layer's cost in [`Network::profile`].
+#[derive(Debug, Clone)]
+pub struct LayerProfile {
+    pub kind: String,
+    pub out_hw: (usize, usize),
+    pub macs: usize,
+    pub bytes: usize,
+    pub ms: f64,
+}
+
+/// Buffers for one thread, reused from run to run. Maps share buffers ("slots") when their
+/// lifetimes do not overlap, so the working set is a few maps, not the whole network: the early
+/// 112x112 maps are megabytes each, and keeping them in cache is worth more than any kernel trick.
 pub struct Workspace {
     size: (usize, usize),
     geoms: Vec<MapGeom>,
-    maps: Vec<Vec<f32>>,
+    slots: Vec<Vec<f32>>,
+    slot_of: Vec<usize>,
     scratch: Vec<f32>,
+    /// Rows of a fused depthwise output.
+    band: Vec<f32>,
 }
 
 impl Workspace {
     pub fn new(net: &Network, h: usize, w: usize) -> Self {
         let geoms = net.geometry(h, w);
-        let maps = geoms.iter().map(|g| vec![0.0; g.len()]).collect();
+        // Last layer index reading each map (map 0, the image, is "produced" before layer 0).
+        let mut produced = vec![0usize; geoms.len()];
+        let mut last_use = vec![0usize; geoms.len()];
+        for (i, layer) in net.layers.iter().enumerate() {
+            let (reads, writes): (Vec<usize>, Option<usize>) = match layer {
+                Layer::Direct { input, output, .. } | Layer::Depthwise { input, output, .. } => (vec![*input], Some(*output)),
+                Layer::Pointwise { input, output, residual, .. } => {
+                    (std::iter::once(*input).chain(*residual).collect(), Some(*output))
+                }
+                Layer::SqueezeExcite { map, .. } => (vec![*map], None),
+            };
+            // A fused depthwise reads its input while the pointwise after it writes.
+            let last = if net.fuse[i] { i + 2 } else { i + 1 };
+            for r in reads {
+                last_use[r] = last_use[r].max(last);
+            }
+            if let Some(o) = writes {
+                produced[o] = i + 1;
+                last_use[o] = last_use[o].max(i + 1);
+            }
+        }
+        // The pooled map is read after the last layer.
+        last_use[net.features] = usize::MAX;
+        let mut slot_of = vec![0usize; geoms.len()];
+        let mut slot_sizes: Vec<usize> = Vec::new();
+        let mut slot_free_after: Vec<usize> = Vec::new();
+        for m in 0..geoms.len() {
+            let need = geoms[m].len();
+            // A slot is free for map m if its occupant's last reader ran before m's producer.
+            let free = (0..slot_sizes.len())
+                .filter(|&s| slot_free_after[s] < produced[m])
+                .min_by_key(|&s| (slot_sizes[s] < need, slot_sizes[s].abs_diff(need)));
+            let s = match free {
+                Some(s) => s,
+                None => {
+                    slot_sizes.push(0);
+                    slot_free_after.push(0);
+                    slot_sizes.len() - 1
+                }
+            };
+            slot_sizes[s] = slot_sizes[s].max(need);
+            slot_free_after[s] = last_use[m];
+            slot_of[m] = s;
+        }
+        let slots = slot_sizes.iter().map(|&n| vec![0.0; n]).collect();
         let widest = net.maps.iter().map(|m| m.stride_c).max().unwrap_or(0);
-        Self { size: (h, w), geoms, maps, scratch: vec![0.0; 2 * widest + 64] }
+        let band = (0..net.layers.len())
+            .filter(|&i| net.fuse[i])
+            .map(|i| match &net.layers[i] {
+                Layer::Depthwise { output, .. } => {
+                    let g = geoms[*output];
+                    Network::band_rows(&g) * g.w * g.c
+                }
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        Self { size: (h, w), geoms, slots, slot_of, scratch: vec![0.0; 2 * widest + 64], band: vec![0.0; band] }
     }
 
     pub fn fits(&self, h: usize, w: usize) -> bool {
         self.size == (h, w)
+    }
+
+    fn ptr(&self, map: usize) -> *const f32 {
+        self.slots[self.slot_of[map]].as_ptr()
+    }
+
+    fn ptr_mut(&mut self, map: usize) -> *mut f32 {
+        self.slots[self.slot_of[map]].as_mut_ptr()
+    }
+
+    /// Map `map`'s buffer (its slot may be longer).
+    #[cfg(test)]
+    fn map(&self, map: usize) -> &[f32] {
+        &self.slots[self.slot_of[map]][..self.geoms[map].len()]
+    }
+
+    /// Zeroes the border of `map`: its slot may have held a map of another shape.
+    fn zero_border(&mut self, map: usize) {
+        let g = self.geoms[map];
+        if g.pad == 0 {
+            return;
+        }
+        let row = g.row_stride();
+        let buf = &mut self.slots[self.slot_of[map]][..g.len()];
+        buf[..g.pad * row].fill(0.0);
+        buf[(g.pad + g.h) * row..].fill(0.0);
+        for y in g.pad..g.pad + g.h {
+            let r = &mut buf[y * row..(y + 1) * row];
+            r[..g.pad * g.c].fill(0.0);
+            r[(g.pad + g.w) * g.c..].fill(0.0);
+        }
     }
 }
 
@@ -409,16 +538,17 @@ impl Network {
         self.run_layers(ws, image);
         let g = ws.geoms[self.features];
         assert!(pooled.len() >= g.c);
-        kernels::mean_pool(self.isa, ws.maps[self.features].as_ptr(), g, pooled.as_mut_ptr());
+        kernels::mean_pool(self.isa, ws.ptr(self.features), g, pooled.as_mut_ptr());
     }
 
     /// Every layer on one NCHW image; the maps stay in `ws`.
     fn run_layers(&self, ws: &mut Workspace, image: &[f32]) {
-        let isa = self.isa;
         let (h, w) = ws.size;
         let g0 = ws.geoms[0];
+        ws.zero_border(0);
         {
-            let buf = &mut ws.maps[0];
+            let slot = ws.slot_of[0];
+            let buf = &mut ws.slots[slot];
             let plane = h * w;
             for y in 0..h {
                 for x in 0..w {
@@ -429,12 +559,90 @@ impl Network {
                 }
             }
         }
-        for layer in &self.layers {
+        let mut i = 0;
+        while i < self.layers.len() {
+            if self.fuse[i] {
+                self.run_fused(&self.layers[i], &self.layers[i + 1], ws);
+                i += 2;
+            } else {
+                self.run_layer(&self.layers[i], ws);
+                i += 1;
+            }
+        }
+    }
+
+    /// Output rows of a fused depthwise → pointwise pair per band: about this many bytes of
+    /// depthwise output, so that the band stays in L2 between the two kernels.
+    const BAND_BYTES: usize = 96 * 1024;
+
+    fn band_rows(g: &MapGeom) -> usize {
+        (Self::BAND_BYTES / (4 * g.w * g.c)).clamp(1, g.h)
+    }
+
+    /// A depthwise conv and the pointwise conv reading it, a band of rows at a time through
+    /// `ws.band` instead of a whole map.
+    fn run_fused(&self, dw: &Layer, pw: &Layer, ws: &mut Workspace) {
+        let (Layer::Depthwise { input, output: mid, kernel, stride, weights, bias, act }, Layer::Pointwise { output, residual, dense, .. }) = (dw, pw)
+        else {
+            unreachable!("fuse marks depthwise → pointwise pairs only")
+        };
+        ws.zero_border(*output);
+        let mid_g = ws.geoms[*mid];
+        let rows = Self::band_rows(&mid_g);
+        let (og, res) = (ws.geoms[*output], residual.map(|r| (ws.ptr(r), ws.geoms[r])));
+        let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
+        let band = ws.band.as_mut_ptr();
+        let mut y0 = 0;
+        while y0 < mid_g.h {
+            let y1 = (y0 + rows).min(mid_g.h);
+            let band_g = MapGeom { h: y1 - y0, w: mid_g.w, c: mid_g.c, pad: 0 };
+            let d = kernels::Depthwise {
+                input: inp,
+                in_geom: ws.geoms[*input],
+                kernel: *kernel,
+                stride: *stride,
+                weights: weights.as_ptr(),
+                bias: bias.as_ptr(),
+                act: *act,
+                output: band,
+                out_geom: MapGeom { h: mid_g.h, ..band_g },
+                out_row0: y0,
+            };
+            kernels::depthwise(self.isa, &d, y0, y1);
+            // Rows y0..y1 of the output (and residual) maps, as a map of their own.
+            let shift = |g: &MapGeom| y0 * g.row_stride();
+            let g = kernels::Gemm {
+                a: band,
+                a_geom: band_g,
+                k: dense.k,
+                b: dense.packed.as_ptr(),
+                n_pad: dense.n_pad,
+                bias: dense.bias.as_ptr(),
+                act: dense.act,
+                c: unsafe { out.add(shift(&og)) },
+                c_geom: MapGeom { h: y1 - y0, ..og },
+                res: res.map_or(std::ptr::null(), |(p, g)| unsafe { p.add(shift(&g)) }),
+                res_geom: res.map_or(og, |(_, g)| MapGeom { h: y1 - y0, ..g }),
+            };
+            kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w);
+            y0 = y1;
+        }
+    }
+
+    fn run_layer(&self, layer: &Layer, ws: &mut Workspace) {
+        let isa = self.isa;
+        match layer {
+            Layer::Direct { output, .. } | Layer::Depthwise { output, .. } | Layer::Pointwise { output, .. } => {
+                ws.zero_border(*output)
+            }
+            Layer::SqueezeExcite { .. } => {}
+        }
+        {
             match layer {
                 Layer::Direct { input, output, cin, kernel, stride, weights, bias, act } => {
-                    let (inp, out) = pair(&mut ws.maps, *input, *output);
+                    let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
                     let d = kernels::DirectConv {
-                        input: inp.as_ptr(),
+                        input: inp,
                         in_geom: ws.geoms[*input],
                         cin: *cin,
                         kernel: *kernel,
@@ -442,39 +650,40 @@ impl Network {
                         weights: weights.as_ptr(),
                         bias: bias.as_ptr(),
                         act: *act,
-                        output: out.as_mut_ptr(),
+                        output: out,
                         out_geom: ws.geoms[*output],
                     };
                     kernels::direct_conv(isa, &d, 0, ws.geoms[*output].h);
                 }
                 Layer::Depthwise { input, output, kernel, stride, weights, bias, act } => {
-                    let (inp, out) = pair(&mut ws.maps, *input, *output);
+                    let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
                     let d = kernels::Depthwise {
-                        input: inp.as_ptr(),
+                        input: inp,
                         in_geom: ws.geoms[*input],
                         kernel: *kernel,
                         stride: *stride,
                         weights: weights.as_ptr(),
                         bias: bias.as_ptr(),
                         act: *act,
-                        output: out.as_mut_ptr(),
+                        output: out,
                         out_geom: ws.geoms[*output],
+                        out_row0: 0,
                     };
                     kernels::depthwise(isa, &d, 0, ws.geoms[*output].h);
                 }
                 Layer::Pointwise { input, output, residual, dense } => {
                     let og = ws.geoms[*output];
-                    let res = residual.map(|r| (ws.maps[r].as_ptr(), ws.geoms[r]));
-                    let (inp, out) = pair(&mut ws.maps, *input, *output);
+                    let res = residual.map(|r| (ws.ptr(r), ws.geoms[r]));
+                    let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
                     let g = kernels::Gemm {
-                        a: inp.as_ptr(),
+                        a: inp,
                         a_geom: ws.geoms[*input],
                         k: dense.k,
                         b: dense.packed.as_ptr(),
                         n_pad: dense.n_pad,
                         bias: dense.bias.as_ptr(),
                         act: dense.act,
-                        c: out.as_mut_ptr(),
+                        c: out,
                         c_geom: og,
                         res: res.map_or(std::ptr::null(), |r| r.0),
                         res_geom: res.map_or(og, |r| r.1),
@@ -483,7 +692,7 @@ impl Network {
                 }
                 Layer::SqueezeExcite { map, channels, squeeze, squeeze_pad, fc1, b1, fc2, b2 } => {
                     let se = kernels::SqueezeExcite {
-                        x: ws.maps[*map].as_mut_ptr(),
+                        x: ws.ptr_mut(*map),
                         geom: ws.geoms[*map],
                         channels: *channels,
                         squeeze: *squeeze,
@@ -498,6 +707,53 @@ impl Network {
                 }
             }
         }
+    }
+
+    /// Times every layer on one image (`runs` repetitions, median), with its MACs and the bytes
+    /// it must move at least (input and output maps, weights).
+    pub fn profile(&self, ws: &mut Workspace, image: &[f32], runs: usize) -> Vec<LayerProfile> {
+        self.run_layers(ws, image);
+        let mut out = Vec::new();
+        for layer in &self.layers {
+            let mut times: Vec<f64> = (0..runs.max(1))
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    self.run_layer(layer, ws);
+                    t.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            times.sort_by(f64::total_cmp);
+            let area = |m: usize| ws.geoms[m].h * ws.geoms[m].w;
+            let ch = |m: usize| self.maps[m].channels;
+            let (kind, macs, bytes) = match layer {
+                Layer::Direct { input, output, cin, kernel, weights, .. } => (
+                    format!("conv {k}x{k} {}->{}", cin, ch(*output), k = kernel),
+                    area(*output) * ch(*output) * cin * kernel * kernel,
+                    4 * (area(*input) * cin + area(*output) * ch(*output) + weights.len()),
+                ),
+                Layer::Pointwise { input, output, residual, dense } => (
+                    format!("pointwise {}->{}{}", ch(*input), ch(*output), if residual.is_some() { " +res" } else { "" }),
+                    area(*output) * ch(*output) * ch(*input),
+                    4 * (area(*input) * ch(*input) * (1 + residual.is_some() as usize) + area(*output) * ch(*output) + dense.packed.len()),
+                ),
+                Layer::Depthwise { input, output, kernel, stride, .. } => (
+                    format!("depthwise {k}x{k}/{stride} {}", ch(*output), k = kernel),
+                    area(*output) * ch(*output) * kernel * kernel,
+                    4 * (area(*input) * ch(*input) + area(*output) * ch(*output)),
+                ),
+                Layer::SqueezeExcite { map, channels, squeeze, .. } => (
+                    format!("squeeze-excite {channels}/{squeeze}"),
+                    area(*map) * channels + 2 * channels * squeeze,
+                    4 * (2 * area(*map) * channels + 2 * channels * squeeze),
+                ),
+            };
+            let g = ws.geoms[match layer {
+                Layer::Direct { output, .. } | Layer::Pointwise { output, .. } | Layer::Depthwise { output, .. } => *output,
+                Layer::SqueezeExcite { map, .. } => *map,
+            }];
+            out.push(LayerProfile { kind, out_hw: (g.h, g.w), macs, bytes, ms: times[times.len() / 2] });
+        }
+        out
     }
 
     /// Width of one pooled feature row.
@@ -537,12 +793,6 @@ impl Network {
     }
 }
 
-/// Disjoint borrows of two maps.
-fn pair(maps: &mut [Vec<f32>], input: usize, output: usize) -> (&[f32], &mut [f32]) {
-    assert!(input < output, "layers read earlier maps");
-    let (lo, hi) = maps.split_at_mut(output);
-    (&lo[input], &mut hi[0])
-}
 
 /// Property tests: random shapes and weights per layer type, every ISA this CPU has, against
 /// [`crate::reference`].
@@ -607,7 +857,7 @@ mod tests {
         b.maps.push(MapInfo { channels: input.c, stride_c: pad_channels(input.c), pad: 0 });
         let out = build(&mut b);
         src_finish(b.src);
-        let net = Network { spec: ModelSpec::new(Arch::V1), isa, maps: b.maps, layers: b.layers, features: out, head: Vec::new() };
+        let net = Network::new(ModelSpec::new(Arch::V1), isa, b.maps, b.layers, out, Vec::new());
         let mut ws = Workspace::new(&net, input.h, input.w);
         // Garbage in the interiors must not leak: only borders are guaranteed zero.
         net.run_layers(&mut ws, &input.data);
@@ -618,7 +868,7 @@ mod tests {
         for ch in 0..c {
             for y in 0..g.h {
                 for x in 0..g.w {
-                    data[(ch * g.h + y) * g.w + x] = ws.maps[out][g.offset(y, x) + ch];
+                    data[(ch * g.h + y) * g.w + x] = ws.map(out)[g.offset(y, x) + ch];
                 }
             }
         }
@@ -751,7 +1001,7 @@ mod tests {
                 b.maps.push(MapInfo { channels: c, stride_c: pad_channels(c), pad: 0 });
                 let head = vec![b.linear("h.0", hidden, c, act).unwrap(), b.linear("h.1", classes, hidden, None).unwrap()];
                 let spec = ModelSpec::new(Arch::V1).with_num_classes(classes);
-                let net = Network { spec, isa, maps: b.maps, layers: Vec::new(), features: 0, head };
+                let net = Network::new(spec, isa, b.maps, Vec::new(), 0, head);
                 let mut ws = Workspace::new(&net, h, w);
                 let stride = net.pooled_stride();
                 let mut pooled = vec![0.0; batch * stride];

@@ -50,8 +50,44 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
             });
             println!("model: {} width {} isa {} threads {}", engine.spec().arch, engine.spec().width_mult, engine.isa(), engine.threads());
             println!("{}", result.report());
+            if args.iter().any(|a| a == "--profile") {
+                print_profile(&engine.profile(&images, 50));
+            }
         }
         _ => return Err("usage: mobilenet-engine bench --model NAME [--width-mult W] [--batch N] [--threads T] [--image-size S] [--weights FILE]".into()),
     }
     Ok(())
+}
+
+/// Per layer and per kind: time, MACs, GMAC/s and bytes (the "measure before optimising").
+fn print_profile(layers: &[mobilenet_engine::LayerProfile]) {
+    let total: f64 = layers.iter().map(|l| l.ms).sum();
+    println!("{:>3}  {:<28} {:>9} {:>8} {:>10} {:>8} {:>7}", "#", "layer", "out", "ms", "MMACs", "GMAC/s", "KB");
+    for (i, l) in layers.iter().enumerate() {
+        println!(
+            "{:>3}  {:<28} {:>9} {:>8.3} {:>10.2} {:>8.1} {:>7}",
+            i,
+            l.kind,
+            format!("{}x{}", l.out_hw.0, l.out_hw.1),
+            l.ms,
+            l.macs as f64 / 1e6,
+            l.macs as f64 / l.ms / 1e6,
+            l.bytes / 1024
+        );
+    }
+    let mut kinds: Vec<(String, f64, usize)> = Vec::new();
+    for l in layers {
+        let kind = l.kind.split_whitespace().next().unwrap_or("").to_string();
+        match kinds.iter_mut().find(|k| k.0 == kind) {
+            Some(k) => {
+                k.1 += l.ms;
+                k.2 += l.macs;
+            }
+            None => kinds.push((kind, l.ms, l.macs)),
+        }
+    }
+    println!("\nby kind (sum of layer medians {total:.3} ms):");
+    for (kind, ms, macs) in kinds {
+        println!("  {kind:<16} {ms:>8.3} ms {:>5.1}%  {:>8.1} MMACs  {:>6.1} GMAC/s", 100.0 * ms / total, macs as f64 / 1e6, macs as f64 / ms / 1e6);
+    }
 }

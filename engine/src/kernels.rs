@@ -208,10 +208,11 @@ unsafe fn gemm_generic<S: Simd>(g: &Gemm, m0: usize, m1: usize) {
     }
     #[inline(always)]
     unsafe fn gemm_rows_tiny<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize) {
-        match MR {
-            12 => gemm_rows::<S, 3, ACT>(g, m, rows),
-            6 => gemm_rows::<S, 2, ACT>(g, m, rows),
-            _ => gemm_rows::<S, 1, ACT>(g, m, rows),
+        // One row (a batch-1 classifier) must not pay for three.
+        match rows {
+            1 => gemm_rows::<S, 1, ACT>(g, m, rows),
+            2 => gemm_rows::<S, 2, ACT>(g, m, rows),
+            _ => gemm_rows::<S, 3, ACT>(g, m, rows),
         }
     }
     match S::GEMM_ROWS {
@@ -254,24 +255,26 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Depthwise, 
     let s = d.stride;
     let off = ig.pad - (K - 1) / 2;
     let in_row = ig.row_stride();
+    // Pixels outer, channels inner: each pixel's channels are one contiguous run, read in
+    // order. (Channels outer strides through memory by a whole pixel, 2-4 KB on the late
+    // layers, and those addresses collide in the same L1 sets.)
     for oy in y0..y1 {
         // Top-left tap of output pixel (oy, 0), in the bordered input.
         let base = d.input.add((oy * s + off) * in_row + off * c);
         let out_row = d.output.add(og.offset(oy - d.out_row0, 0));
-        let mut cv = 0;
-        while cv < c {
-            let mut w = [S::zero(); 25];
-            for (t, v) in w.iter_mut().enumerate().take(K * K) {
-                *v = S::load(d.weights.add(t * c + cv));
-            }
-            let bias = S::load(d.bias.add(cv));
-            let mut ox = 0;
-            while ox + DW_PIXELS <= og.w {
-                let mut acc = [bias; DW_PIXELS];
+        let mut ox = 0;
+        while ox < og.w && og.w >= DW_PIXELS {
+            // The last group overlaps the one before rather than leaving single pixels,
+            // whose one accumulator chain would wait on FMA latency.
+            ox = ox.min(og.w - DW_PIXELS);
+            let mut cv = 0;
+            while cv < c {
+                let mut acc = [S::load(d.bias.add(cv)); DW_PIXELS];
                 for ky in 0..K {
                     let row = base.add(ky * in_row + cv);
+                    let taps = d.weights.add(ky * K * c + cv);
                     for kx in 0..K {
-                        let wv = w[ky * K + kx];
+                        let wv = S::load(taps.add(kx * c));
                         for (j, acc) in acc.iter_mut().enumerate() {
                             *acc = S::fma(S::load(row.add(((ox + j) * s + kx) * c)), wv, *acc);
                         }
@@ -280,20 +283,25 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Depthwise, 
                 for (j, acc) in acc.iter().enumerate() {
                     S::store(out_row.add((ox + j) * og.c + cv), activate::<S, ACT>(*acc));
                 }
-                ox += DW_PIXELS;
+                cv += S::LANES;
             }
-            while ox < og.w {
-                let mut acc = bias;
+            ox += DW_PIXELS;
+        }
+        while ox < og.w {
+            let mut cv = 0;
+            while cv < c {
+                let mut acc = S::load(d.bias.add(cv));
                 for ky in 0..K {
                     let row = base.add(ky * in_row + cv);
+                    let taps = d.weights.add(ky * K * c + cv);
                     for kx in 0..K {
-                        acc = S::fma(S::load(row.add((ox * s + kx) * c)), w[ky * K + kx], acc);
+                        acc = S::fma(S::load(row.add((ox * s + kx) * c)), S::load(taps.add(kx * c)), acc);
                     }
                 }
                 S::store(out_row.add(ox * og.c + cv), activate::<S, ACT>(acc));
-                ox += 1;
+                cv += S::LANES;
             }
-            cv += S::LANES;
+            ox += 1;
         }
     }
 }

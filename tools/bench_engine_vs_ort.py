@@ -356,7 +356,8 @@ def main():
         tmp.cleanup()
 
     v = env["versions"]
-    isa = sorted({re.search(r"isa (\S+)", r["ours_info"]).group(1) for r in results if "isa " in r["ours_info"]})
+    # `mobilenet bench` prints "backend: engine (avx512)"; `mobilenet-engine bench` "isa avx512".
+    isa = sorted({m.group(1) for r in results for m in [re.search(r"(?:isa |engine \()([\w+]+)", r["ours_info"])] if m})
     print()
     print(f"## Inference latency: ours vs ONNX Runtime ({started.date().isoformat()})")
     print()

@@ -10,7 +10,7 @@ pub use mobilenet_engine::{Engine, EngineOptions, Images, Isa, Logits};
 
 use crate::blocks::Activation;
 use crate::error::{Error, Result};
-use crate::zoo::{Arch, MobileNet, ModelConfig};
+use crate::zoo::{MobileNet, ModelConfig};
 use crate::{params, weights};
 
 /// Which implementation runs inference.
@@ -21,17 +21,6 @@ pub enum Backend {
     Engine,
     /// burn, on the chosen device.
     Burn,
-}
-
-impl From<Arch> for mobilenet_engine::Arch {
-    fn from(arch: Arch) -> Self {
-        match arch {
-            Arch::V1 => mobilenet_engine::Arch::V1,
-            Arch::V2 => mobilenet_engine::Arch::V2,
-            Arch::V3Large => mobilenet_engine::Arch::V3Large,
-            Arch::V3Small => mobilenet_engine::Arch::V3Small,
-        }
-    }
 }
 
 impl From<Activation> for mobilenet_engine::Activation {
@@ -59,7 +48,7 @@ impl From<mobilenet_engine::Activation> for Activation {
 /// What the engine needs of a model configuration.
 pub fn spec(config: &ModelConfig) -> mobilenet_engine::ModelSpec {
     mobilenet_engine::ModelSpec {
-        arch: config.arch.into(),
+        arch: config.arch,
         num_classes: config.num_classes,
         width_mult: config.width_mult,
         norm_eps: config.norm_eps,

@@ -6,9 +6,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown model '{0}': expected one of mobilenet_v1, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small")]
-    UnknownModel(String),
-
     #[error("invalid model configuration: {0}")]
     InvalidConfig(String),
 

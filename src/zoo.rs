@@ -11,54 +11,15 @@ use crate::error::{Error, Result};
 use crate::summary::ShapeTrace;
 use crate::{MobileNetV1, MobileNetV2, MobileNetV3};
 
-/// The four architectures, named as torchvision names its constructors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Arch {
-    #[serde(rename = "mobilenet_v1")]
-    V1,
-    #[serde(rename = "mobilenet_v2")]
-    V2,
-    #[serde(rename = "mobilenet_v3_large")]
-    V3Large,
-    #[serde(rename = "mobilenet_v3_small")]
-    V3Small,
-}
+/// The four architectures, named as torchvision names its constructors (defined in the engine
+/// crate, so that both implementations share one list).
+pub use mobilenet_engine::Arch;
 
-impl Arch {
-    pub const ALL: [Arch; 4] = [Arch::V1, Arch::V2, Arch::V3Large, Arch::V3Small];
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Arch::V1 => "mobilenet_v1",
-            Arch::V2 => "mobilenet_v2",
-            Arch::V3Large => "mobilenet_v3_large",
-            Arch::V3Small => "mobilenet_v3_small",
-        }
-    }
-
-    /// Default BatchNorm settings: PyTorch's for V1/V2, TensorFlow's for V3 (as torchvision).
-    pub fn default_norm(&self) -> NormConfig {
-        match self {
-            Arch::V1 | Arch::V2 => NormConfig::new(1e-5, 0.1),
-            Arch::V3Large | Arch::V3Small => NormConfig::new(1e-3, 0.01),
-        }
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for Arch {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let key = s.trim().to_ascii_lowercase().replace('-', "_");
-        Arch::ALL
-            .into_iter()
-            .find(|a| a.name() == key || a.name().trim_start_matches("mobilenet_") == key)
-            .ok_or_else(|| Error::UnknownModel(s.to_string()))
+/// Default BatchNorm settings: PyTorch's for V1/V2, TensorFlow's for V3 (as torchvision).
+pub fn default_norm(arch: Arch) -> NormConfig {
+    match arch {
+        Arch::V1 | Arch::V2 => NormConfig::new(1e-5, 0.1),
+        Arch::V3Large | Arch::V3Small => NormConfig::new(1e-3, 0.01),
     }
 }
 
@@ -81,7 +42,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// torchvision's defaults for `arch`: 1000 classes, width 1.0, dropout 0.2.
     pub fn new(arch: Arch) -> Self {
-        let norm = arch.default_norm();
+        let norm = default_norm(arch);
         Self {
             arch,
             num_classes: 1000,

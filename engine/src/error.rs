@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub enum EngineError {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    #[error("unknown model '{0}' (expected mobilenet_v1, mobilenet_v2, mobilenet_v3_large or mobilenet_v3_small)")]
+    #[error("unknown model '{0}': expected one of mobilenet_v1, mobilenet_v2, mobilenet_v3_large, mobilenet_v3_small")]
     UnknownModel(String),
     #[error("weights: missing tensor '{0}'")]
     MissingTensor(String),

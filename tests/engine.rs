@@ -7,32 +7,14 @@ mod common;
 use burn::tensor::Device;
 use common::*;
 use mobilenet::engine::{self, EngineOptions, Images, Isa};
-use mobilenet::sequential::parameter_paths;
 use mobilenet::tensor_io::HostTensor;
 use mobilenet::{weights, Arch, MobileNet, ModelConfig};
 
-const EVAL_CASES: [(&str, f64); 7] = [
-    ("mobilenet_v1", 1.0),
-    ("mobilenet_v2", 1.0),
-    ("mobilenet_v3_large", 1.0),
-    ("mobilenet_v3_small", 1.0),
-    ("mobilenet_v2", 0.5),
-    ("mobilenet_v3_large", 0.5),
-    ("mobilenet_v3_small", 0.5),
-];
 
 /// `model` with every tensor (BN statistics included) set by the fixtures' deterministic filler.
 fn filled(config: &ModelConfig, dir: &std::path::Path) -> MobileNet {
     let model = MobileNet::new(config, &Device::flex()).unwrap();
-    let keys: Vec<(String, Vec<usize>)> = parameter_paths(&model)
-        .into_iter()
-        .map(|(k, mut s)| {
-            if k.starts_with("classifier") && s.len() == 2 {
-                s.reverse();
-            }
-            (k, s)
-        })
-        .collect();
+    let keys = torchvision_layout_keys(&model);
     load_filled(model, &keys, dir).eval_mode()
 }
 

@@ -4,19 +4,9 @@ mod common;
 
 use burn::tensor::{Device, Tensor};
 use common::*;
-use mobilenet::sequential::parameter_paths;
 use mobilenet::tensor_io::HostTensor;
 use mobilenet::{Arch, MobileNet, ModelConfig};
 
-const EVAL_CASES: [(&str, f64); 7] = [
-    ("mobilenet_v1", 1.0),
-    ("mobilenet_v2", 1.0),
-    ("mobilenet_v3_large", 1.0),
-    ("mobilenet_v3_small", 1.0),
-    ("mobilenet_v2", 0.5),
-    ("mobilenet_v3_large", 0.5),
-    ("mobilenet_v3_small", 0.5),
-];
 
 fn case(arch: &str, width: f64) -> String {
     format!("{arch}_w{width:.1}")
@@ -31,15 +21,7 @@ fn module_paths_are_torchvision_keys() {
     for (arch, width) in EVAL_CASES {
         let config = ModelConfig::new(arch.parse().unwrap()).with_width_mult(width);
         let model = MobileNet::new(&config, &device).unwrap();
-        let ours: Vec<(String, Vec<usize>)> = parameter_paths(&model)
-            .into_iter()
-            .map(|(k, mut s)| {
-                if k.starts_with("classifier") && s.len() == 2 {
-                    s.reverse();
-                }
-                (k, s)
-            })
-            .collect();
+        let ours = torchvision_layout_keys(&model);
         let theirs = &keys[&case(arch, width)];
         assert_eq!(&ours, theirs, "{arch} width {width}: keys or shapes differ from torchvision");
     }

@@ -9,6 +9,30 @@ use burn::tensor::{Device, Tensor};
 use mobilenet::tensor_io::{read_tensors, write_tensors, HostTensor};
 use mobilenet::{weights, MobileNet};
 
+/// The torchvision parity fixtures' models: (torchvision constructor, width).
+pub const EVAL_CASES: [(&str, f64); 7] = [
+    ("mobilenet_v1", 1.0),
+    ("mobilenet_v2", 1.0),
+    ("mobilenet_v3_large", 1.0),
+    ("mobilenet_v3_small", 1.0),
+    ("mobilenet_v2", 0.5),
+    ("mobilenet_v3_large", 0.5),
+    ("mobilenet_v3_small", 0.5),
+];
+
+/// `model`'s parameter paths and shapes in torchvision's layout (Linear weights [out, in]).
+pub fn torchvision_layout_keys(model: &MobileNet) -> Vec<(String, Vec<usize>)> {
+    mobilenet::sequential::parameter_paths(model)
+        .into_iter()
+        .map(|(k, mut s)| {
+            if k.starts_with("classifier") && s.len() == 2 {
+                s.reverse();
+            }
+            (k, s)
+        })
+        .collect()
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
 }

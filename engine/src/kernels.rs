@@ -141,7 +141,7 @@ unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize, const ACT: u8>(
 }
 
 #[inline(always)]
-unsafe fn gemm_rows<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize) {
+unsafe fn gemm_rows<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize, panels: (usize, usize)) {
     // Rows past the end repeat the last real row: they compute and store the same values.
     let row = |r: usize| m + r.min(rows - 1);
     let a: [*const f32; MR] = std::array::from_fn(|r| g.a.add(g.a_geom.pixel(row(r))));
@@ -149,8 +149,7 @@ unsafe fn gemm_rows<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize,
     let res: Option<[*const f32; MR]> =
         (!g.res.is_null()).then(|| std::array::from_fn(|r| g.res.add(g.res_geom.pixel(row(r)))));
     let nr = 2 * S::LANES;
-    let panels = g.n_pad.div_ceil(nr);
-    for p in 0..panels {
+    for p in panels.0..panels.1 {
         let b = g.b.add(p * g.k * nr);
         let bias = g.bias.add(p * nr);
         let cp: [*mut f32; MR] = std::array::from_fn(|r| c[r].add(p * nr));
@@ -180,39 +179,63 @@ pub struct Gemm {
     pub res_geom: MapGeom,
 }
 
+/// Above this much A (pixels × input channels), row tiles go outer (see `run` below).
+pub const GEMM_PANEL_OUTER_MAX_A_BYTES: usize = 640 * 1024;
+
+/// Weights this large do not stay in L2 between row tiles: stream them once, panel by panel.
+pub fn panel_outer_pays(k: usize, n_pad: usize) -> bool {
+    k * n_pad * 4 > 512 * 1024
+}
+
 #[inline(always)]
 unsafe fn gemm_generic<S: Simd>(g: &Gemm, m0: usize, m1: usize) {
     #[inline(always)]
     unsafe fn run<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m0: usize, m1: usize) {
+        let panels = g.n_pad.div_ceil(2 * S::LANES);
+        // Late layers (few pixels, wide weights): one weight panel at a time over all pixels,
+        // so each panel comes from L3 once rather than once per row tile. Early layers (many
+        // pixels, small weights): all panels per row tile, so the A rows stay in L1.
+        let a_bytes = (m1 - m0) * g.k * 4;
+        if a_bytes <= GEMM_PANEL_OUTER_MAX_A_BYTES && panel_outer_pays(g.k, g.n_pad) {
+            for p in 0..panels {
+                rows_over::<S, MR, ACT>(g, m0, m1, (p, p + 1));
+            }
+        } else {
+            rows_over::<S, MR, ACT>(g, m0, m1, (0, panels));
+        }
+    }
+    // A function, not a closure: a closure would be compiled without the ISA's target features.
+    #[inline(always)]
+    unsafe fn rows_over<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m0: usize, m1: usize, panels: (usize, usize)) {
         let mut m = m0;
         while m < m1 {
             let rows = MR.min(m1 - m);
             if rows == MR || rows > MR / 2 {
-                gemm_rows::<S, MR, ACT>(g, m, rows);
+                gemm_rows::<S, MR, ACT>(g, m, rows, panels);
             } else if rows > MR / 4 {
-                gemm_rows_small::<S, MR, ACT>(g, m, rows);
+                gemm_rows_small::<S, MR, ACT>(g, m, rows, panels);
             } else {
-                gemm_rows_tiny::<S, MR, ACT>(g, m, rows);
+                gemm_rows_tiny::<S, MR, ACT>(g, m, rows, panels);
             }
             m += rows;
         }
     }
     // Remainders use a half- or quarter-height tile rather than computing up to MR-1 dead rows.
     #[inline(always)]
-    unsafe fn gemm_rows_small<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize) {
+    unsafe fn gemm_rows_small<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize, panels: (usize, usize)) {
         match MR {
-            12 => gemm_rows::<S, 6, ACT>(g, m, rows),
-            6 => gemm_rows::<S, 3, ACT>(g, m, rows),
-            _ => gemm_rows::<S, 2, ACT>(g, m, rows),
+            12 => gemm_rows::<S, 6, ACT>(g, m, rows, panels),
+            6 => gemm_rows::<S, 3, ACT>(g, m, rows, panels),
+            _ => gemm_rows::<S, 2, ACT>(g, m, rows, panels),
         }
     }
     #[inline(always)]
-    unsafe fn gemm_rows_tiny<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize) {
+    unsafe fn gemm_rows_tiny<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize, panels: (usize, usize)) {
         // One row (a batch-1 classifier) must not pay for three.
         match rows {
-            1 => gemm_rows::<S, 1, ACT>(g, m, rows),
-            2 => gemm_rows::<S, 2, ACT>(g, m, rows),
-            _ => gemm_rows::<S, 3, ACT>(g, m, rows),
+            1 => gemm_rows::<S, 1, ACT>(g, m, rows, panels),
+            2 => gemm_rows::<S, 2, ACT>(g, m, rows, panels),
+            _ => gemm_rows::<S, 3, ACT>(g, m, rows, panels),
         }
     }
     match S::GEMM_ROWS {

@@ -416,7 +416,13 @@ pub struct LayerProfile {
     pub out_hw: (usize, usize),
     pub macs: usize,
     pub bytes: usize,
+    /// Median time run alone, over and over (inputs hot in cache).
     pub ms: f64,
+    /// Median time within whole passes; a fused depthwise → pointwise pair is charged to the
+    /// depthwise layer, and the pointwise shows 0.
+    pub ms_in_network: f64,
+    /// Runs fused with the depthwise layer before it.
+    pub fused: bool,
 }
 
 /// Buffers for one thread, reused from run to run. Maps share buffers ("slots") when their
@@ -483,10 +489,10 @@ impl Workspace {
         let widest = net.maps.iter().map(|m| m.stride_c).max().unwrap_or(0);
         let band = (0..net.layers.len())
             .filter(|&i| net.fuse[i])
-            .map(|i| match &net.layers[i] {
-                Layer::Depthwise { output, .. } => {
+            .map(|i| match (&net.layers[i], &net.layers[i + 1]) {
+                (Layer::Depthwise { output, .. }, Layer::Pointwise { dense, .. }) => {
                     let g = geoms[*output];
-                    Network::band_rows(&g) * g.w * g.c
+                    Network::band_rows(&g, dense) * g.w * g.c
                 }
                 _ => 0,
             })
@@ -575,7 +581,12 @@ impl Network {
     /// depthwise output, so that the band stays in L2 between the two kernels.
     const BAND_BYTES: usize = 96 * 1024;
 
-    fn band_rows(g: &MapGeom) -> usize {
+    fn band_rows(g: &MapGeom, dense: &Dense) -> usize {
+        // With megabytes of pointwise weights (late layers), a map that fits in L2 is one band:
+        // every band re-reads all the weights.
+        if kernels::panel_outer_pays(dense.k, dense.n_pad) && 4 * g.h * g.w * g.c <= kernels::GEMM_PANEL_OUTER_MAX_A_BYTES {
+            return g.h;
+        }
         (Self::BAND_BYTES / (4 * g.w * g.c)).clamp(1, g.h)
     }
 
@@ -588,7 +599,7 @@ impl Network {
         };
         ws.zero_border(*output);
         let mid_g = ws.geoms[*mid];
-        let rows = Self::band_rows(&mid_g);
+        let rows = Self::band_rows(&mid_g, dense);
         let (og, res) = (ws.geoms[*output], residual.map(|r| (ws.ptr(r), ws.geoms[r])));
         let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
         let band = ws.band.as_mut_ptr();
@@ -713,8 +724,32 @@ impl Network {
     /// it must move at least (input and output maps, weights).
     pub fn profile(&self, ws: &mut Workspace, image: &[f32], runs: usize) -> Vec<LayerProfile> {
         self.run_layers(ws, image);
+        // In the network: whole passes, each step timed where it runs (a fused pair counts once,
+        // on its depthwise layer), so the caches hold what they would.
+        let mut in_network: Vec<Vec<f64>> = vec![Vec::new(); self.layers.len()];
+        for _ in 0..runs.max(1) {
+            self.run_layers(ws, image);
+            let mut i = 0;
+            while i < self.layers.len() {
+                let t = std::time::Instant::now();
+                if self.fuse[i] {
+                    self.run_fused(&self.layers[i], &self.layers[i + 1], ws);
+                    in_network[i].push(t.elapsed().as_secs_f64() * 1e3);
+                    in_network[i + 1].push(0.0);
+                    i += 2;
+                } else {
+                    self.run_layer(&self.layers[i], ws);
+                    in_network[i].push(t.elapsed().as_secs_f64() * 1e3);
+                    i += 1;
+                }
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
         let mut out = Vec::new();
-        for layer in &self.layers {
+        for (index, layer) in self.layers.iter().enumerate() {
             let mut times: Vec<f64> = (0..runs.max(1))
                 .map(|_| {
                     let t = std::time::Instant::now();
@@ -751,7 +786,9 @@ impl Network {
                 Layer::Direct { output, .. } | Layer::Pointwise { output, .. } | Layer::Depthwise { output, .. } => *output,
                 Layer::SqueezeExcite { map, .. } => *map,
             }];
-            out.push(LayerProfile { kind, out_hw: (g.h, g.w), macs, bytes, ms: times[times.len() / 2] });
+            let fused = index > 0 && self.fuse[index - 1];
+            let ms_in_network = median(&mut in_network[index]);
+            out.push(LayerProfile { kind, out_hw: (g.h, g.w), macs, bytes, ms: times[times.len() / 2], ms_in_network, fused });
         }
         out
     }

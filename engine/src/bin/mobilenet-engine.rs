@@ -62,14 +62,20 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
 /// Per layer and per kind: time, MACs, GMAC/s and bytes (the "measure before optimising").
 fn print_profile(layers: &[mobilenet_engine::LayerProfile]) {
     let total: f64 = layers.iter().map(|l| l.ms).sum();
-    println!("{:>3}  {:<28} {:>9} {:>8} {:>10} {:>8} {:>7}", "#", "layer", "out", "ms", "MMACs", "GMAC/s", "KB");
+    let total_net: f64 = layers.iter().map(|l| l.ms_in_network).sum();
+    println!(
+        "{:>3}  {:<30} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7}",
+        "#", "layer", "out", "alone ms", "in net", "MMACs", "GMAC/s", "KB"
+    );
     for (i, l) in layers.iter().enumerate() {
+        let in_net = if l.fused { "(fused)".to_string() } else { format!("{:.3}", l.ms_in_network) };
         println!(
-            "{:>3}  {:<28} {:>9} {:>8.3} {:>10.2} {:>8.1} {:>7}",
+            "{:>3}  {:<30} {:>9} {:>8.3} {:>8} {:>9.2} {:>8.1} {:>7}",
             i,
             l.kind,
             format!("{}x{}", l.out_hw.0, l.out_hw.1),
             l.ms,
+            in_net,
             l.macs as f64 / 1e6,
             l.macs as f64 / l.ms / 1e6,
             l.bytes / 1024
@@ -86,7 +92,7 @@ fn print_profile(layers: &[mobilenet_engine::LayerProfile]) {
             None => kinds.push((kind, l.ms, l.macs)),
         }
     }
-    println!("\nby kind (sum of layer medians {total:.3} ms):");
+    println!("\nby kind, each layer alone (sum {total:.3} ms; in the network the layers take {total_net:.3} ms):");
     for (kind, ms, macs) in kinds {
         println!("  {kind:<16} {ms:>8.3} ms {:>5.1}%  {:>8.1} MMACs  {:>6.1} GMAC/s", 100.0 * ms / total, macs as f64 / 1e6, macs as f64 / ms / 1e6);
     }

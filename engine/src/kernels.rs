@@ -447,32 +447,63 @@ pub struct SqueezeExcite {
     pub scratch: *mut f32,
 }
 
+/// `out = act(bias + Σ_r x[r] · w[r, :])` for `w` `[rows][cols]` (cols a lane multiple): the
+/// matrix is streamed row by row, with up to 8 independent accumulators per pass.
+#[inline(always)]
+unsafe fn vec_mat<S: Simd, const ACT: u8>(x: *const f32, rows: usize, w: *const f32, cols: usize, bias: *const f32, out: *mut f32) {
+    let mut c0 = 0;
+    while c0 < cols {
+        let left = (cols - c0) / S::LANES;
+        c0 += S::LANES
+            * if left >= 8 {
+                vec_mat_columns::<S, 8, ACT>(x, rows, w, cols, bias, out, c0)
+            } else if left >= 4 {
+                vec_mat_columns::<S, 4, ACT>(x, rows, w, cols, bias, out, c0)
+            } else if left >= 2 {
+                vec_mat_columns::<S, 2, ACT>(x, rows, w, cols, bias, out, c0)
+            } else {
+                vec_mat_columns::<S, 1, ACT>(x, rows, w, cols, bias, out, c0)
+            };
+    }
+}
+
+#[inline(always)]
+unsafe fn vec_mat_columns<S: Simd, const NV: usize, const ACT: u8>(
+    x: *const f32,
+    rows: usize,
+    w: *const f32,
+    cols: usize,
+    bias: *const f32,
+    out: *mut f32,
+    c0: usize,
+) -> usize {
+    let mut acc = [S::zero(); NV];
+    for (v, acc) in acc.iter_mut().enumerate() {
+        *acc = S::load(bias.add(c0 + v * S::LANES));
+    }
+    for r in 0..rows {
+        let xv = S::splat(*x.add(r));
+        let row = w.add(r * cols + c0);
+        for (v, acc) in acc.iter_mut().enumerate() {
+            *acc = S::fma(xv, S::load(row.add(v * S::LANES)), *acc);
+        }
+    }
+    for (v, acc) in acc.iter().enumerate() {
+        S::store(out.add(c0 + v * S::LANES), activate::<S, ACT>(*acc));
+    }
+    NV
+}
+
 #[inline(always)]
 unsafe fn squeeze_excite_generic<S: Simd>(se: &SqueezeExcite) {
     let g = se.geom;
     let mean = se.scratch;
     let hidden = se.scratch.add(g.c);
     mean_pool_generic::<S>(se.x, g, mean);
-    // hidden = relu(b1 + Σ_c mean[c] · fc1[c, :])
-    let mut j = 0;
-    while j < se.squeeze_pad {
-        let mut acc = S::load(se.b1.add(j));
-        for ch in 0..se.channels {
-            acc = S::fma(S::splat(*mean.add(ch)), S::load(se.fc1.add(ch * se.squeeze_pad + j)), acc);
-        }
-        S::store(hidden.add(j), activate::<S, ACT_RELU>(acc));
-        j += S::LANES;
-    }
+    // hidden = relu(b1 + Σ_c mean[c] · fc1[c, :]);
     // gate = hsigmoid(b2 + Σ_j hidden[j] · fc2[j, :]), written over `mean`.
-    let mut cv = 0;
-    while cv < g.c {
-        let mut acc = S::load(se.b2.add(cv));
-        for jj in 0..se.squeeze {
-            acc = S::fma(S::splat(*hidden.add(jj)), S::load(se.fc2.add(jj * g.c + cv)), acc);
-        }
-        S::store(mean.add(cv), activate::<S, ACT_HARDSIGMOID>(acc));
-        cv += S::LANES;
-    }
+    vec_mat::<S, ACT_RELU>(mean, se.channels, se.fc1, se.squeeze_pad, se.b1, hidden);
+    vec_mat::<S, ACT_HARDSIGMOID>(hidden, se.squeeze, se.fc2, g.c, se.b2, mean);
     for y in 0..g.h {
         let row = se.x.add(g.offset(y, 0));
         for xx in 0..g.w {

@@ -72,12 +72,20 @@ fn engine_matches_burn_at_other_sizes_and_widths() {
         let model = filled(&config, &dir);
         let name = format!("sizes{i}");
         let burn = burn_logits(&model, &shape, &name);
-        for threads in [1, 2] {
+        let mut single = Vec::new();
+        // 2 and 4 threads: whole images per thread, or (fewer images than threads) every layer
+        // split over the threads; either way the numbers must not change at all.
+        for threads in [1, 2, 4] {
             let options = EngineOptions::default().with_threads(threads);
             let ours = engine_logits(&engine::from_model(&model, options).unwrap(), &shape, &name);
             let diff = max_abs_diff(&ours, &burn);
             eprintln!("{arch} x{width} {shape:?} threads {threads}: max |engine - burn| {diff:.2e}");
             assert!(diff <= 1e-4, "{arch} x{width} {shape:?}: engine vs burn differ by {diff}");
+            if threads == 1 {
+                single = ours;
+            } else {
+                assert_eq!(ours, single, "{arch} x{width} {shape:?}: {threads} threads changed the logits");
+            }
         }
     }
 }

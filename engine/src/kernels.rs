@@ -37,6 +37,12 @@ impl MapGeom {
     }
 }
 
+// The kernel descriptors hold raw pointers; threads given disjoint row ranges of one
+// descriptor write disjoint memory.
+unsafe impl Sync for Gemm {}
+unsafe impl Sync for Depthwise {}
+unsafe impl Sync for DirectConv {}
+
 /// Activation codes, a const generic so each epilogue is compiled without a branch.
 pub const ACT_NONE: u8 = 0;
 pub const ACT_RELU: u8 = 1;

@@ -205,17 +205,18 @@ impl Engine {
         self.net.spec.num_classes
     }
 
-    /// Logits for every image. Images are split over the threads; each thread runs whole
-    /// images (no synchronisation inside the network) and then its rows of the classifier.
+    /// Logits for every image. With at least as many images as threads, each thread runs whole
+    /// images and then its rows of the classifier; with fewer, each layer is split over the
+    /// threads (rows of its output).
     pub fn run(&self, images: &Images) -> Result<Logits> {
         let classes = self.num_classes();
         let mut logits = vec![0.0f32; images.batch * classes];
-        let chunks = self.threads.min(images.batch);
-        let per_chunk = images.batch.div_ceil(chunks);
-        let run_chunk = |first: usize, out: &mut [f32]| {
+        let stride = self.net.pooled_stride();
+        // Whole images per thread when there are enough of them (no synchronisation inside the
+        // network); otherwise every layer is split over the threads.
+        let run_chunk = |first: usize, out: &mut [f32], parts: usize| {
             let count = out.len() / classes;
-            let mut ws = self.workspace(images.height, images.width);
-            let stride = self.net.pooled_stride();
+            let mut ws = self.workspace(images.height, images.width, parts);
             let mut pooled = vec![0.0f32; count * stride];
             for i in 0..count {
                 self.net.features_into(&mut ws, images.image(first + i), &mut pooled[i * stride..(i + 1) * stride]);
@@ -224,31 +225,34 @@ impl Engine {
             self.workspaces.lock().expect("workspace pool").push(ws);
         };
         match &self.pool {
-            Some(pool) if chunks > 1 => pool.install(|| {
+            Some(pool) if images.batch >= self.threads => pool.install(|| {
                 use rayon::prelude::*;
-                logits.par_chunks_mut(per_chunk * classes).enumerate().for_each(|(c, out)| run_chunk(c * per_chunk, out));
+                let per_chunk = images.batch.div_ceil(self.threads);
+                logits.par_chunks_mut(per_chunk * classes).enumerate().for_each(|(c, out)| run_chunk(c * per_chunk, out, 1));
             }),
-            _ => run_chunk(0, &mut logits),
+            Some(pool) => pool.install(|| run_chunk(0, &mut logits, self.threads)),
+            None => run_chunk(0, &mut logits, 1),
         }
         Ok(Logits { data: logits, batch: images.batch, classes })
     }
 
     /// Per-layer median times on the first image (single thread), with MACs and bytes.
     pub fn profile(&self, images: &Images, runs: usize) -> Vec<LayerProfile> {
-        let mut ws = self.workspace(images.height, images.width);
+        let mut ws = self.workspace(images.height, images.width, 1);
         let out = self.net.profile(&mut ws, images.image(0), runs);
         self.workspaces.lock().expect("workspace pool").push(ws);
         out
     }
 
-    fn workspace(&self, h: usize, w: usize) -> Workspace {
+    fn workspace(&self, h: usize, w: usize, parts: usize) -> Workspace {
         let mut pool = self.workspaces.lock().expect("workspace pool");
-        match pool.iter().position(|ws| ws.fits(h, w)) {
+        match pool.iter().position(|ws| ws.fits(h, w, parts)) {
             Some(i) => pool.swap_remove(i),
             None => {
-                pool.clear();
+                // Keep at most a few; a new input size replaces the old ones.
+                pool.retain(|ws| ws.fits(h, w, 1) || ws.fits(h, w, self.threads));
                 drop(pool);
-                Workspace::new(&self.net, h, w)
+                Workspace::with_parts(&self.net, h, w, parts)
             }
         }
     }

@@ -409,6 +409,34 @@ impl Network {
     }
 }
 
+/// A raw pointer that may cross threads: the parts of a layer write disjoint rows.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// A method, so that closures capture the wrapper rather than the bare field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Runs `f(part, start, end)` over `parts` near-equal ranges of `0..n`, on the current rayon
+/// pool when there is more than one.
+fn for_parts(parts: usize, n: usize, f: &(dyn Fn(usize, usize, usize) + Sync)) {
+    let parts = parts.min(n).max(1);
+    if parts == 1 {
+        return f(0, 0, n);
+    }
+    rayon::scope(|scope| {
+        for p in 1..parts {
+            scope.spawn(move |_| f(p, n * p / parts, n * (p + 1) / parts));
+        }
+        f(0, 0, n / parts);
+    });
+}
+
 /// One layer's cost in [`Network::profile`].
 #[derive(Debug, Clone)]
 pub struct LayerProfile {
@@ -434,12 +462,21 @@ pub struct Workspace {
     slots: Vec<Vec<f32>>,
     slot_of: Vec<usize>,
     scratch: Vec<f32>,
-    /// Rows of a fused depthwise output.
+    /// Rows of a fused depthwise output, one buffer per part.
     band: Vec<f32>,
+    /// Threads each layer is split over (1: the calling thread only).
+    parts: usize,
 }
 
 impl Workspace {
+    #[cfg(test)]
     pub fn new(net: &Network, h: usize, w: usize) -> Self {
+        Self::with_parts(net, h, w, 1)
+    }
+
+    /// A workspace whose layers are split over `parts` threads (run inside a rayon pool).
+    pub fn with_parts(net: &Network, h: usize, w: usize, parts: usize) -> Self {
+        let parts = parts.max(1);
         let geoms = net.geometry(h, w);
         // Last layer index reading each map (map 0, the image, is "produced" before layer 0).
         let mut produced = vec![0usize; geoms.len()];
@@ -498,11 +535,11 @@ impl Workspace {
             })
             .max()
             .unwrap_or(0);
-        Self { size: (h, w), geoms, slots, slot_of, scratch: vec![0.0; 2 * widest + 64], band: vec![0.0; band] }
+        Self { size: (h, w), geoms, slots, slot_of, scratch: vec![0.0; 2 * widest + 64], band: vec![0.0; band * parts], parts }
     }
 
-    pub fn fits(&self, h: usize, w: usize) -> bool {
-        self.size == (h, w)
+    pub fn fits(&self, h: usize, w: usize, parts: usize) -> bool {
+        self.size == (h, w) && self.parts == parts.max(1)
     }
 
     fn ptr(&self, map: usize) -> *const f32 {
@@ -602,42 +639,50 @@ impl Network {
         let rows = Self::band_rows(&mid_g, dense);
         let (og, res) = (ws.geoms[*output], residual.map(|r| (ws.ptr(r), ws.geoms[r])));
         let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
-        let band = ws.band.as_mut_ptr();
-        let mut y0 = 0;
-        while y0 < mid_g.h {
-            let y1 = (y0 + rows).min(mid_g.h);
-            let band_g = MapGeom { h: y1 - y0, w: mid_g.w, c: mid_g.c, pad: 0 };
-            let d = kernels::Depthwise {
-                input: inp,
-                in_geom: ws.geoms[*input],
-                kernel: *kernel,
-                stride: *stride,
-                weights: weights.as_ptr(),
-                bias: bias.as_ptr(),
-                act: *act,
-                output: band,
-                out_geom: MapGeom { h: mid_g.h, ..band_g },
-                out_row0: y0,
-            };
-            kernels::depthwise(self.isa, &d, y0, y1);
-            // Rows y0..y1 of the output (and residual) maps, as a map of their own.
-            let shift = |g: &MapGeom| y0 * g.row_stride();
-            let g = kernels::Gemm {
-                a: band,
-                a_geom: band_g,
-                k: dense.k,
-                b: dense.packed.as_ptr(),
-                n_pad: dense.n_pad,
-                bias: dense.bias.as_ptr(),
-                act: dense.act,
-                c: unsafe { out.add(shift(&og)) },
-                c_geom: MapGeom { h: y1 - y0, ..og },
-                res: res.map_or(std::ptr::null(), |(p, g)| unsafe { p.add(shift(&g)) }),
-                res_geom: res.map_or(og, |(_, g)| MapGeom { h: y1 - y0, ..g }),
-            };
-            kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w);
-            y0 = y1;
-        }
+        let band_len = ws.band.len() / ws.parts.max(1);
+        let band_base = SyncPtr(ws.band.as_mut_ptr());
+        let (inp, out, res) = (SyncPtr(inp as *mut f32), SyncPtr(out), res.map(|(p, g)| (SyncPtr(p as *mut f32), g)));
+        let in_geom = ws.geoms[*input];
+        let bands = mid_g.h.div_ceil(rows);
+        // Bands are independent: with several threads each takes a run of them, with its own
+        // band buffer.
+        for_parts(ws.parts, bands, &|part, b0, b1| {
+            let band = unsafe { band_base.get().add(part * band_len) };
+            for b in b0..b1 {
+                let y0 = b * rows;
+                let y1 = (y0 + rows).min(mid_g.h);
+                let band_g = MapGeom { h: y1 - y0, w: mid_g.w, c: mid_g.c, pad: 0 };
+                let d = kernels::Depthwise {
+                    input: inp.get(),
+                    in_geom,
+                    kernel: *kernel,
+                    stride: *stride,
+                    weights: weights.as_ptr(),
+                    bias: bias.as_ptr(),
+                    act: *act,
+                    output: band,
+                    out_geom: MapGeom { h: mid_g.h, ..band_g },
+                    out_row0: y0,
+                };
+                kernels::depthwise(self.isa, &d, y0, y1);
+                // Rows y0..y1 of the output (and residual) maps, as a map of their own.
+                let shift = |g: &MapGeom| y0 * g.row_stride();
+                let g = kernels::Gemm {
+                    a: band,
+                    a_geom: band_g,
+                    k: dense.k,
+                    b: dense.packed.as_ptr(),
+                    n_pad: dense.n_pad,
+                    bias: dense.bias.as_ptr(),
+                    act: dense.act,
+                    c: unsafe { out.get().add(shift(&og)) },
+                    c_geom: MapGeom { h: y1 - y0, ..og },
+                    res: res.map_or(std::ptr::null(), |(p, g)| unsafe { p.get().add(shift(&g)) as *const f32 }),
+                    res_geom: res.map_or(og, |(_, g)| MapGeom { h: y1 - y0, ..g }),
+                };
+                kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w);
+            }
+        });
     }
 
     fn run_layer(&self, layer: &Layer, ws: &mut Workspace) {
@@ -664,7 +709,7 @@ impl Network {
                         output: out,
                         out_geom: ws.geoms[*output],
                     };
-                    kernels::direct_conv(isa, &d, 0, ws.geoms[*output].h);
+                    for_parts(ws.parts, ws.geoms[*output].h, &|_, a, b| kernels::direct_conv(isa, &d, a, b));
                 }
                 Layer::Depthwise { input, output, kernel, stride, weights, bias, act } => {
                     let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
@@ -680,7 +725,7 @@ impl Network {
                         out_geom: ws.geoms[*output],
                         out_row0: 0,
                     };
-                    kernels::depthwise(isa, &d, 0, ws.geoms[*output].h);
+                    for_parts(ws.parts, ws.geoms[*output].h, &|_, a, b| kernels::depthwise(isa, &d, a, b));
                 }
                 Layer::Pointwise { input, output, residual, dense } => {
                     let og = ws.geoms[*output];
@@ -699,7 +744,7 @@ impl Network {
                         res: res.map_or(std::ptr::null(), |r| r.0),
                         res_geom: res.map_or(og, |r| r.1),
                     };
-                    kernels::gemm(isa, &g, 0, og.h * og.w);
+                    for_parts(ws.parts, og.h * og.w, &|_, a, b| kernels::gemm(isa, &g, a, b));
                 }
                 Layer::SqueezeExcite { map, channels, squeeze, squeeze_pad, fc1, b1, fc2, b2 } => {
                     let se = kernels::SqueezeExcite {

@@ -149,11 +149,30 @@ unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize, const ACT: u8>(
 #[inline(always)]
 unsafe fn gemm_rows<S: Simd, const MR: usize, const ACT: u8>(g: &Gemm, m: usize, rows: usize, panels: (usize, usize)) {
     // Rows past the end repeat the last real row: they compute and store the same values.
-    let row = |r: usize| m + r.min(rows - 1);
-    let a: [*const f32; MR] = std::array::from_fn(|r| g.a.add(g.a_geom.pixel(row(r))));
-    let c: [*mut f32; MR] = std::array::from_fn(|r| g.c.add(g.c_geom.pixel(row(r))));
-    let res: Option<[*const f32; MR]> =
-        (!g.res.is_null()).then(|| std::array::from_fn(|r| g.res.add(g.res_geom.pixel(row(r)))));
+    // Pixel m is (m / w, m % w) in every operand (they share the spatial shape); one division
+    // per tile, then a running (y, x), since a division per row costs as much as a small
+    // tile's FMAs.
+    let w = g.c_geom.w;
+    let (mut y, mut x) = (m / w, m % w);
+    let mut a = [g.a; MR];
+    let mut c = [g.c; MR];
+    let mut res = [g.res; MR];
+    for r in 0..rows.min(MR) {
+        a[r] = g.a.add(g.a_geom.offset(y, x));
+        c[r] = g.c.add(g.c_geom.offset(y, x));
+        if !g.res.is_null() {
+            res[r] = g.res.add(g.res_geom.offset(y, x));
+        }
+        x += 1;
+        if x == w {
+            x = 0;
+            y += 1;
+        }
+    }
+    for r in rows.min(MR)..MR {
+        (a[r], c[r], res[r]) = (a[r - 1], c[r - 1], res[r - 1]);
+    }
+    let res: Option<[*const f32; MR]> = (!g.res.is_null()).then_some(res);
     let nr = 2 * S::LANES;
     for p in panels.0..panels.1 {
         let b = g.b.add(p * g.k * nr);

@@ -592,12 +592,16 @@ impl Network {
         {
             let slot = ws.slot_of[0];
             let buf = &mut ws.slots[slot];
+            // NCHW planes into interleaved rows: one image row of each plane at a time, with
+            // slices sized up front so that the loops carry no bounds checks.
             let plane = h * w;
+            let channels = self.maps[0].channels;
             for y in 0..h {
-                for x in 0..w {
-                    let o = g0.offset(y, x);
-                    for c in 0..self.maps[0].channels {
-                        buf[o + c] = image[c * plane + y * w + x];
+                let dst = &mut buf[g0.offset(y, 0)..g0.offset(y, 0) + w * g0.c];
+                for c in 0..channels {
+                    let src = &image[c * plane + y * w..c * plane + (y + 1) * w];
+                    for (px, &v) in dst.chunks_exact_mut(g0.c).zip(src) {
+                        px[c] = v;
                     }
                 }
             }

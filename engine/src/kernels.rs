@@ -30,11 +30,6 @@ impl MapGeom {
     pub fn offset(&self, y: usize, x: usize) -> usize {
         (y + self.pad) * self.row_stride() + (x + self.pad) * self.c
     }
-    /// Offset of pixel `m` in row-major order of the interior.
-    #[inline(always)]
-    pub fn pixel(&self, m: usize) -> usize {
-        self.offset(m / self.w, m % self.w)
-    }
 }
 
 // The kernel descriptors hold raw pointers; threads given disjoint row ranges of one

@@ -18,7 +18,7 @@
 pub mod arch;
 pub mod bench;
 mod error;
-pub mod kernels;
+mod kernels;
 mod network;
 pub mod reference;
 pub mod simd;

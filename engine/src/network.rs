@@ -581,7 +581,7 @@ impl Network {
         self.run_layers(ws, image);
         let g = ws.geoms[self.features];
         assert!(pooled.len() >= g.c);
-        kernels::mean_pool(self.isa, ws.ptr(self.features), g, pooled.as_mut_ptr());
+        unsafe { kernels::mean_pool(self.isa, ws.ptr(self.features), g, pooled.as_mut_ptr()) };
     }
 
     /// Every layer on one NCHW image; the maps stay in `ws`.
@@ -668,7 +668,7 @@ impl Network {
                     out_geom: MapGeom { h: mid_g.h, ..band_g },
                     out_row0: y0,
                 };
-                kernels::depthwise(self.isa, &d, y0, y1);
+                unsafe { kernels::depthwise(self.isa, &d, y0, y1) };
                 // Rows y0..y1 of the output (and residual) maps, as a map of their own.
                 let shift = |g: &MapGeom| y0 * g.row_stride();
                 let g = kernels::Gemm {
@@ -684,7 +684,7 @@ impl Network {
                     res: res.map_or(std::ptr::null(), |(p, g)| unsafe { p.get().add(shift(&g)) as *const f32 }),
                     res_geom: res.map_or(og, |(_, g)| MapGeom { h: y1 - y0, ..g }),
                 };
-                kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w);
+                unsafe { kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w) };
             }
         });
     }
@@ -713,7 +713,7 @@ impl Network {
                         output: out,
                         out_geom: ws.geoms[*output],
                     };
-                    for_parts(ws.parts, ws.geoms[*output].h, &|_, a, b| kernels::direct_conv(isa, &d, a, b));
+                    for_parts(ws.parts, ws.geoms[*output].h, &|_, a, b| unsafe { kernels::direct_conv(isa, &d, a, b) });
                 }
                 Layer::Depthwise { input, output, kernel, stride, weights, bias, act } => {
                     let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
@@ -729,7 +729,7 @@ impl Network {
                         out_geom: ws.geoms[*output],
                         out_row0: 0,
                     };
-                    for_parts(ws.parts, ws.geoms[*output].h, &|_, a, b| kernels::depthwise(isa, &d, a, b));
+                    for_parts(ws.parts, ws.geoms[*output].h, &|_, a, b| unsafe { kernels::depthwise(isa, &d, a, b) });
                 }
                 Layer::Pointwise { input, output, residual, dense } => {
                     let og = ws.geoms[*output];
@@ -748,7 +748,7 @@ impl Network {
                         res: res.map_or(std::ptr::null(), |r| r.0),
                         res_geom: res.map_or(og, |r| r.1),
                     };
-                    for_parts(ws.parts, og.h * og.w, &|_, a, b| kernels::gemm(isa, &g, a, b));
+                    for_parts(ws.parts, og.h * og.w, &|_, a, b| unsafe { kernels::gemm(isa, &g, a, b) });
                 }
                 Layer::SqueezeExcite { map, channels, squeeze, squeeze_pad, fc1, b1, fc2, b2 } => {
                     let se = kernels::SqueezeExcite {
@@ -763,7 +763,7 @@ impl Network {
                         b2: b2.as_ptr(),
                         scratch: ws.scratch.as_mut_ptr(),
                     };
-                    kernels::squeeze_excite(isa, &se);
+                    unsafe { kernels::squeeze_excite(isa, &se) };
                 }
             }
         }
@@ -868,7 +868,7 @@ impl Network {
                 res: std::ptr::null(),
                 res_geom: c_geom,
             };
-            kernels::gemm(self.isa, &g, 0, m);
+            unsafe { kernels::gemm(self.isa, &g, 0, m) };
             x = y;
             stride = dense.n_pad;
         }

@@ -85,7 +85,13 @@ pub fn pad_channels(c: usize) -> usize {
     c.div_ceil(CHANNEL_ALIGN) * CHANNEL_ALIGN
 }
 
-/// One vector of `LANES` f32. All methods are unchecked pointer operations.
+/// One vector of `LANES` f32.
+///
+/// # Safety
+/// Every method is `unsafe` for the same two reasons: loads and stores read and write `LANES`
+/// floats at a raw pointer, which must be valid for them; and an implementation's instructions
+/// may only run where the CPU has them (callers go through `multiversion!`, which checks).
+#[allow(clippy::missing_safety_doc)]
 pub trait Simd: Copy {
     const LANES: usize;
     /// Rows per GEMM micro-kernel: as many as the register file holds (2 vectors per row).
@@ -259,10 +265,17 @@ impl Simd for Portable {
 }
 
 /// Defines `$name(isa, args…)` that runs `$generic::<S>(args…)` compiled for `isa`.
+///
+/// The generated function is `unsafe`: the kernels follow the raw pointers in their arguments,
+/// which must cover the rows and channels the descriptor names, and `isa` must be one this
+/// CPU runs ([`Isa::all_available`]).
 macro_rules! multiversion {
     ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $generic:ident) => {
         #[allow(clippy::too_many_arguments)]
-        $vis fn $name(isa: $crate::simd::Isa, $($arg: $ty),*) {
+        /// # Safety
+        /// The pointers in the arguments must be valid for the rows and channels they describe,
+        /// and `isa` must be available on this CPU.
+        $vis unsafe fn $name(isa: $crate::simd::Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx2,fma")]
             #[allow(clippy::too_many_arguments)]

@@ -170,11 +170,15 @@ pub enum Activation {
 
 impl Activation {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // relu(x).clamp_max(6) rather than clamp(0, 6): the same values, and on burn's flex
+        // backend about 3x faster forward and backward (the per-op training profile showed
+        // V2's ReLU6 at 21% of a training step with clamp).
+        let relu6 = |x: Tensor<D>| burn::tensor::activation::relu(x).clamp_max(6.0);
         match self {
             Activation::Relu => burn::tensor::activation::relu(x),
-            Activation::Relu6 => x.clamp(0.0, 6.0),
-            Activation::Hardswish => x.clone() * x.add_scalar(3.0).clamp(0.0, 6.0).div_scalar(6.0),
-            Activation::Hardsigmoid => x.add_scalar(3.0).clamp(0.0, 6.0).div_scalar(6.0),
+            Activation::Relu6 => relu6(x),
+            Activation::Hardswish => x.clone() * relu6(x.add_scalar(3.0)).div_scalar(6.0),
+            Activation::Hardsigmoid => relu6(x.add_scalar(3.0)).div_scalar(6.0),
         }
     }
 

@@ -5,10 +5,13 @@
 //! SE gate's multiply are left out); parameters count trainable tensors only (BatchNorm running
 //! statistics are buffers, as in torchsummary).
 
+use std::time::Instant;
+
 use burn::nn::conv::Conv2d;
 use burn::nn::Linear;
+use burn::tensor::{Device, Distribution, Tensor};
 
-use crate::blocks::{Activation, BatchNorm2d, SqueezeExcitation};
+use crate::blocks::{global_avg_pool, Activation, BatchNorm2d, SqueezeExcitation};
 
 /// One line of the summary.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -26,11 +29,75 @@ pub struct LayerRow {
 pub struct ShapeTrace {
     shape: Vec<usize>,
     pub rows: Vec<LayerRow>,
+    /// When set, every layer's op is also run and timed ([`ShapeTrace::with_op_timer`]).
+    pub timer: Option<OpTimer>,
+}
+
+/// One layer's op timed alone on a training batch: forward, and backward of its output's sum.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpTime {
+    pub path: String,
+    /// Op kind: `conv 1x1`, `depthwise 3x3`, `conv 3x3`, `BatchNorm2d`, `Hardswish`, ...
+    pub kind: String,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+}
+
+/// Times each layer's op in isolation with the traced input shape and a batch dimension: the
+/// per-op profile of a training step (the model must be on an autodiff device, in train mode).
+#[derive(Debug, Clone)]
+pub struct OpTimer {
+    /// Where the inputs are made: the model's (autodiff) device.
+    pub device: Device,
+    pub batch: usize,
+    /// Timed runs per op (median), after one warm-up run.
+    pub repeats: usize,
+    pub times: Vec<OpTime>,
+}
+
+impl OpTimer {
+    fn time<const D: usize, const E: usize>(
+        &mut self,
+        path: &str,
+        kind: &str,
+        shape: &[usize],
+        op: impl Fn(Tensor<D>) -> Tensor<E>,
+    ) {
+        let device = self.device.clone();
+        let mut dims = vec![self.batch];
+        dims.extend_from_slice(shape);
+        let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
+        for run in 0..=self.repeats {
+            let x = Tensor::<D>::random(dims.clone(), Distribution::Normal(0.0, 1.0), &device).require_grad();
+            let t0 = Instant::now();
+            let y = op(x.clone()).sum();
+            let _ = y.clone().into_scalar::<f32>();
+            let t1 = Instant::now();
+            let grads = y.backward();
+            let _ = x.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
+            let t2 = Instant::now();
+            if run > 0 {
+                fwd.push((t1 - t0).as_secs_f64() * 1e3);
+                bwd.push((t2 - t1).as_secs_f64() * 1e3);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        self.times.push(OpTime { path: path.to_string(), kind: kind.to_string(), forward_ms: median(&mut fwd), backward_ms: median(&mut bwd) });
+    }
 }
 
 impl ShapeTrace {
     pub fn new(input: [usize; 3]) -> Self {
-        Self { shape: input.to_vec(), rows: Vec::new() }
+        Self { shape: input.to_vec(), rows: Vec::new(), timer: None }
+    }
+
+    /// A trace that also times every op on a batch of `batch` on `device` ([`OpTimer`]).
+    pub fn with_op_timer(input: [usize; 3], batch: usize, repeats: usize, device: &Device) -> Self {
+        let timer = OpTimer { device: device.clone(), batch, repeats: repeats.max(1), times: Vec::new() };
+        Self { timer: Some(timer), ..Self::new(input) }
     }
 
     /// The current activation shape (`[C, H, W]`, or `[C]` after the pool).
@@ -50,6 +117,14 @@ impl ShapeTrace {
 
     pub fn conv(&mut self, path: &str, conv: &Conv2d) {
         let [out_c, in_per_group, kh, kw] = conv.weight.dims();
+        if let Some(timer) = &mut self.timer {
+            let kind = if in_per_group == 1 && out_c == self.shape[0] && out_c > 1 {
+                format!("depthwise {kh}x{kw}")
+            } else {
+                format!("conv {kh}x{kw}")
+            };
+            timer.time::<4, 4>(path, &kind, &self.shape, |x| conv.forward(x));
+        }
         let (h, w) = (self.shape[1], self.shape[2]);
         let (pad_h, pad_w) = match conv.padding {
             burn::nn::PaddingConfig2d::Explicit(top, left, _, _) => (top, left),
@@ -65,14 +140,27 @@ impl ShapeTrace {
     }
 
     pub fn batch_norm(&mut self, path: &str, bn: &BatchNorm2d) {
+        if let Some(timer) = &mut self.timer {
+            timer.time::<4, 4>(path, "BatchNorm2d", &self.shape, |x| bn.forward(x));
+        }
         self.push(path, "BatchNorm2d", 2 * bn.num_features(), 0);
     }
 
     pub fn activation(&mut self, path: &str, act: &Activation) {
+        if let Some(timer) = &mut self.timer {
+            if self.shape.len() == 1 {
+                timer.time::<2, 2>(path, act.torch_name(), &self.shape, |x| act.forward(x));
+            } else {
+                timer.time::<4, 4>(path, act.torch_name(), &self.shape, |x| act.forward(x));
+            }
+        }
         self.push(path, act.torch_name(), 0, 0);
     }
 
     pub fn squeeze_excite(&mut self, path: &str, se: &SqueezeExcitation) {
+        if let Some(timer) = &mut self.timer {
+            timer.time::<4, 4>(path, "SqueezeExcitation", &self.shape, |x| se.forward(x));
+        }
         let [squeeze, channels, _, _] = se.fc1.weight.dims();
         let params = 2 * squeeze * channels + squeeze + channels;
         let macs = (2 * squeeze * channels) as u64;
@@ -80,11 +168,17 @@ impl ShapeTrace {
     }
 
     pub fn residual(&mut self, path: &str, input: Vec<usize>) {
+        if let Some(timer) = &mut self.timer {
+            timer.time::<4, 4>(path, "Add", &self.shape, |x| x.clone() + x);
+        }
         debug_assert_eq!(input, self.shape);
         self.push(&format!("{path} (+input)"), "Add", 0, 0);
     }
 
     pub fn global_pool(&mut self, path: &str) {
+        if let Some(timer) = &mut self.timer {
+            timer.time::<4, 4>(path, "AdaptiveAvgPool2d", &self.shape, global_avg_pool);
+        }
         self.shape = vec![self.shape[0]];
         self.push(path, "AdaptiveAvgPool2d", 0, 0);
     }
@@ -96,6 +190,9 @@ impl ShapeTrace {
     pub fn linear(&mut self, path: &str, linear: &Linear) {
         // burn stores Linear weights as [in, out].
         let [d_in, d_out] = linear.weight.dims();
+        if let Some(timer) = &mut self.timer {
+            timer.time::<2, 2>(path, "Linear", &self.shape, |x| linear.forward(x));
+        }
         self.shape = vec![d_out];
         let bias = linear.bias.as_ref().map(|b| b.dims()[0]).unwrap_or(0);
         self.push(path, "Linear", d_in * d_out + bias, (d_in * d_out) as u64);

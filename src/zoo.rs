@@ -243,7 +243,11 @@ impl MobileNet {
 
     /// Per-layer output shapes, parameters and MACs for an `image_size` x `image_size` input.
     pub fn trace(&self, image_size: usize) -> ShapeTrace {
-        let mut trace = ShapeTrace::new([3, image_size, image_size]);
+        self.trace_with(ShapeTrace::new([3, image_size, image_size]))
+    }
+
+    /// [`Self::trace`] into a given trace (e.g. one with an op timer).
+    pub fn trace_with(&self, mut trace: ShapeTrace) -> ShapeTrace {
         each!(self, m => m.trace(&mut trace));
         trace
     }

@@ -35,8 +35,7 @@ impl MapGeom {
 // The kernel descriptors hold raw pointers; threads given disjoint row ranges of one
 // descriptor write disjoint memory.
 unsafe impl Sync for Gemm {}
-unsafe impl Sync for Depthwise {}
-unsafe impl Sync for DirectConv {}
+unsafe impl Sync for Conv {}
 
 /// Activation codes, a const generic so each epilogue is compiled without a branch.
 pub const ACT_NONE: u8 = 0;
@@ -270,11 +269,15 @@ multiversion!(pub fn gemm(g: &Gemm, m0: usize, m1: usize) => gemm_generic);
 // ---------------------------------------------------------------------------------------------
 // Depthwise k x k convolution, stride 1 or 2.
 
-/// Depthwise conv over output rows `y0..y1`. Weights `[k·k][c]`, bias `[c]`; the input border
-/// must be at least `(k - 1) / 2`.
-pub struct Depthwise {
+/// A k x k convolution over output rows `y0..y1`, depthwise ([`depthwise`]: weights
+/// `[k·k][c]`) or full with few input channels ([`direct_conv`], the stem: weights
+/// `[k][k][cin][cout]`). Bias `[c]`; the input border must be at least `(k - 1) / 2`.
+#[derive(Clone, Copy)]
+pub struct Conv {
     pub input: *const f32,
     pub in_geom: MapGeom,
+    /// Input channels read by the full conv (the depthwise conv reads all of `in_geom.c`).
+    pub cin: usize,
     pub kernel: usize,
     pub stride: usize,
     pub weights: *const f32,
@@ -287,11 +290,19 @@ pub struct Depthwise {
     pub out_row0: usize,
 }
 
+impl Conv {
+    /// The same conv writing a band of rows starting at output row `row0` to `output`. (A
+    /// method, so that closures capture the whole job, which is `Sync`, not its raw fields.)
+    pub fn into_band(self, output: *mut f32, out_geom: MapGeom, row0: usize) -> Conv {
+        Conv { output, out_geom, out_row0: row0, ..self }
+    }
+}
+
 /// Output pixels computed together: independent accumulator chains hide FMA latency.
 const DW_PIXELS: usize = 4;
 
 #[inline(always)]
-unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Depthwise, y0: usize, y1: usize) {
+unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Conv, y0: usize, y1: usize) {
     let ig = d.in_geom;
     let og = d.out_geom;
     let c = ig.c;
@@ -353,7 +364,7 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Depthwise, 
 /// loaded once (six pixels per row into registers) and feed both rows' accumulators, a third
 /// of the loads per FMA of the one-row kernel.
 #[inline(always)]
-unsafe fn depthwise_3x3s1_row_pairs<S: Simd, const ACT: u8>(d: &Depthwise, y0: usize, y1: usize) {
+unsafe fn depthwise_3x3s1_row_pairs<S: Simd, const ACT: u8>(d: &Conv, y0: usize, y1: usize) {
     const P: usize = DW_PIXELS;
     let ig = d.in_geom;
     let og = d.out_geom;
@@ -412,7 +423,7 @@ unsafe fn depthwise_3x3s1_row_pairs<S: Simd, const ACT: u8>(d: &Depthwise, y0: u
 }
 
 #[inline(always)]
-unsafe fn depthwise_generic<S: Simd>(d: &Depthwise, y0: usize, y1: usize) {
+unsafe fn depthwise_generic<S: Simd>(d: &Conv, y0: usize, y1: usize) {
     match d.kernel {
         3 if d.stride == 1 => with_act!(d.act, depthwise_3x3s1_row_pairs::<S>(d, y0, y1)),
         3 => with_act!(d.act, depthwise_rows::<S, 3>(d, y0, y1)),
@@ -421,36 +432,22 @@ unsafe fn depthwise_generic<S: Simd>(d: &Depthwise, y0: usize, y1: usize) {
     }
 }
 
-multiversion!(pub fn depthwise(d: &Depthwise, y0: usize, y1: usize) => depthwise_generic);
+multiversion!(pub fn depthwise(d: &Conv, y0: usize, y1: usize) => depthwise_generic);
 
 // ---------------------------------------------------------------------------------------------
 // Dense k x k convolution with few input channels: the stem.
 
-/// Full conv over output rows `y0..y1`. Weights `[k][k][cin][cout_pad]`.
-pub struct DirectConv {
-    pub input: *const f32,
-    pub in_geom: MapGeom,
-    pub cin: usize,
-    pub kernel: usize,
-    pub stride: usize,
-    pub weights: *const f32,
-    pub bias: *const f32,
-    pub act: u8,
-    pub output: *mut f32,
-    pub out_geom: MapGeom,
-}
-
 const STEM_PIXELS: usize = 4;
 
 #[inline(always)]
-unsafe fn direct_rows<S: Simd, const ACT: u8>(d: &DirectConv, y0: usize, y1: usize) {
+unsafe fn direct_rows<S: Simd, const ACT: u8>(d: &Conv, y0: usize, y1: usize) {
     let (ig, og) = (d.in_geom, d.out_geom);
     let (k, s, cin, cout) = (d.kernel, d.stride, d.cin, og.c);
     let off = ig.pad - (k - 1) / 2;
     let in_row = ig.row_stride();
     for oy in y0..y1 {
         let base = d.input.add((oy * s + off) * in_row + off * ig.c);
-        let out_row = d.output.add(og.offset(oy, 0));
+        let out_row = d.output.add(og.offset(oy - d.out_row0, 0));
         let mut ox = 0;
         while ox < og.w {
             let px = STEM_PIXELS.min(og.w - ox);
@@ -482,11 +479,11 @@ unsafe fn direct_rows<S: Simd, const ACT: u8>(d: &DirectConv, y0: usize, y1: usi
 }
 
 #[inline(always)]
-unsafe fn direct_generic<S: Simd>(d: &DirectConv, y0: usize, y1: usize) {
+unsafe fn direct_generic<S: Simd>(d: &Conv, y0: usize, y1: usize) {
     with_act!(d.act, direct_rows::<S>(d, y0, y1))
 }
 
-multiversion!(pub fn direct_conv(d: &DirectConv, y0: usize, y1: usize) => direct_generic);
+multiversion!(pub fn direct_conv(d: &Conv, y0: usize, y1: usize) => direct_generic);
 
 // ---------------------------------------------------------------------------------------------
 // Global average pooling and squeeze-excite.

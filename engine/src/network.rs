@@ -105,6 +105,31 @@ enum Layer {
     SqueezeExcite { map: usize, channels: usize, squeeze: usize, squeeze_pad: usize, fc1: Vec<f32>, b1: Vec<f32>, fc2: Vec<f32>, b2: Vec<f32> },
 }
 
+impl Layer {
+    /// The kernel job of a full or depthwise conv layer, writing whole rows of `out_geom` at
+    /// `output`.
+    fn conv_job(&self, ws: &Workspace, output: *mut f32, out_geom: MapGeom) -> kernels::Conv {
+        let (input, cin, kernel, stride, weights, bias, act) = match self {
+            Layer::Direct { input, cin, kernel, stride, weights, bias, act, .. } => (*input, *cin, *kernel, *stride, weights, bias, *act),
+            Layer::Depthwise { input, kernel, stride, weights, bias, act, .. } => (*input, 0, *kernel, *stride, weights, bias, *act),
+            _ => unreachable!("conv_job is for conv layers"),
+        };
+        kernels::Conv {
+            input: ws.ptr(input),
+            in_geom: ws.geoms[input],
+            cin,
+            kernel,
+            stride,
+            weights: weights.as_ptr(),
+            bias: bias.as_ptr(),
+            act,
+            output,
+            out_geom,
+            out_row0: 0,
+        }
+    }
+}
+
 /// A packed GEMM operand: a 1x1 conv or a Linear.
 #[derive(Debug)]
 struct Dense {
@@ -634,7 +659,7 @@ impl Network {
     /// A depthwise conv and the pointwise conv reading it, a band of rows at a time through
     /// `ws.band` instead of a whole map.
     fn run_fused(&self, dw: &Layer, pw: &Layer, ws: &mut Workspace) {
-        let (Layer::Depthwise { input, output: mid, kernel, stride, weights, bias, act }, Layer::Pointwise { output, residual, dense, .. }) = (dw, pw)
+        let (Layer::Depthwise { output: mid, .. }, Layer::Pointwise { output, residual, dense, .. }) = (dw, pw)
         else {
             unreachable!("fuse marks depthwise → pointwise pairs only")
         };
@@ -642,11 +667,11 @@ impl Network {
         let mid_g = ws.geoms[*mid];
         let rows = Self::band_rows(&mid_g, dense);
         let (og, res) = (ws.geoms[*output], residual.map(|r| (ws.ptr(r), ws.geoms[r])));
-        let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
+        let out = ws.ptr_mut(*output);
         let band_len = ws.band.len() / ws.parts.max(1);
         let band_base = SyncPtr(ws.band.as_mut_ptr());
-        let (inp, out, res) = (SyncPtr(inp as *mut f32), SyncPtr(out), res.map(|(p, g)| (SyncPtr(p as *mut f32), g)));
-        let in_geom = ws.geoms[*input];
+        let (out, res) = (SyncPtr(out), res.map(|(p, g)| (SyncPtr(p as *mut f32), g)));
+        let job = dw.conv_job(ws, std::ptr::null_mut(), mid_g);
         let bands = mid_g.h.div_ceil(rows);
         // Bands are independent: with several threads each takes a run of them, with its own
         // band buffer.
@@ -656,18 +681,7 @@ impl Network {
                 let y0 = b * rows;
                 let y1 = (y0 + rows).min(mid_g.h);
                 let band_g = MapGeom { h: y1 - y0, w: mid_g.w, c: mid_g.c, pad: 0 };
-                let d = kernels::Depthwise {
-                    input: inp.get(),
-                    in_geom,
-                    kernel: *kernel,
-                    stride: *stride,
-                    weights: weights.as_ptr(),
-                    bias: bias.as_ptr(),
-                    act: *act,
-                    output: band,
-                    out_geom: MapGeom { h: mid_g.h, ..band_g },
-                    out_row0: y0,
-                };
+                let d = job.into_band(band, MapGeom { h: mid_g.h, ..band_g }, y0);
                 unsafe { kernels::depthwise(self.isa, &d, y0, y1) };
                 // Rows y0..y1 of the output (and residual) maps, as a map of their own.
                 let shift = |g: &MapGeom| y0 * g.row_stride();
@@ -699,37 +713,18 @@ impl Network {
         }
         {
             match layer {
-                Layer::Direct { input, output, cin, kernel, stride, weights, bias, act } => {
-                    let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
-                    let d = kernels::DirectConv {
-                        input: inp,
-                        in_geom: ws.geoms[*input],
-                        cin: *cin,
-                        kernel: *kernel,
-                        stride: *stride,
-                        weights: weights.as_ptr(),
-                        bias: bias.as_ptr(),
-                        act: *act,
-                        output: out,
-                        out_geom: ws.geoms[*output],
-                    };
-                    for_parts(ws.parts, ws.geoms[*output].h, &|_, a, b| unsafe { kernels::direct_conv(isa, &d, a, b) });
-                }
-                Layer::Depthwise { input, output, kernel, stride, weights, bias, act } => {
-                    let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
-                    let d = kernels::Depthwise {
-                        input: inp,
-                        in_geom: ws.geoms[*input],
-                        kernel: *kernel,
-                        stride: *stride,
-                        weights: weights.as_ptr(),
-                        bias: bias.as_ptr(),
-                        act: *act,
-                        output: out,
-                        out_geom: ws.geoms[*output],
-                        out_row0: 0,
-                    };
-                    for_parts(ws.parts, ws.geoms[*output].h, &|_, a, b| unsafe { kernels::depthwise(isa, &d, a, b) });
+                Layer::Direct { output, .. } | Layer::Depthwise { output, .. } => {
+                    let og = ws.geoms[*output];
+                    let out = ws.ptr_mut(*output);
+                    let job = layer.conv_job(ws, out, og);
+                    let depthwise = matches!(layer, Layer::Depthwise { .. });
+                    for_parts(ws.parts, og.h, &|_, a, b| unsafe {
+                        if depthwise {
+                            kernels::depthwise(isa, &job, a, b)
+                        } else {
+                            kernels::direct_conv(isa, &job, a, b)
+                        }
+                    });
                 }
                 Layer::Pointwise { input, output, residual, dense } => {
                     let og = ws.geoms[*output];

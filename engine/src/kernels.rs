@@ -276,6 +276,9 @@ multiversion!(pub fn gemm(g: &Gemm, m0: usize, m1: usize) => gemm_generic);
 pub struct Conv {
     pub input: *const f32,
     pub in_geom: MapGeom,
+    /// The bordered input row stored first at `input` (0 for a whole map; a band's first row
+    /// when `input` holds only a band of rows).
+    pub in_row0: usize,
     /// Input channels read by the full conv (the depthwise conv reads all of `in_geom.c`).
     pub cin: usize,
     pub kernel: usize,
@@ -296,6 +299,11 @@ impl Conv {
     pub fn into_band(self, output: *mut f32, out_geom: MapGeom, row0: usize) -> Conv {
         Conv { output, out_geom, out_row0: row0, ..self }
     }
+
+    /// The same conv reading its input from a band of bordered rows starting at row `row0`.
+    pub fn from_band(self, input: *const f32, row0: usize) -> Conv {
+        Conv { input, in_row0: row0, ..self }
+    }
 }
 
 /// Output pixels computed together: independent accumulator chains hide FMA latency.
@@ -314,7 +322,7 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(d: &Conv, y0: u
     // layers, and those addresses collide in the same L1 sets.)
     for oy in y0..y1 {
         // Top-left tap of output pixel (oy, 0), in the bordered input.
-        let base = d.input.add((oy * s + off) * in_row + off * c);
+        let base = d.input.add((oy * s + off - d.in_row0) * in_row + off * c);
         let out_row = d.output.add(og.offset(oy - d.out_row0, 0));
         let mut ox = 0;
         while ox < og.w && og.w >= DW_PIXELS {
@@ -373,7 +381,7 @@ unsafe fn depthwise_3x3s1_row_pairs<S: Simd, const ACT: u8>(d: &Conv, y0: usize,
     let in_row = ig.row_stride();
     let mut oy = y0;
     while oy + 2 <= y1 && og.w >= P {
-        let base = d.input.add((oy + off) * in_row + off * c);
+        let base = d.input.add((oy + off - d.in_row0) * in_row + off * c);
         let out0 = d.output.add(og.offset(oy - d.out_row0, 0));
         let out1 = d.output.add(og.offset(oy + 1 - d.out_row0, 0));
         let mut ox = 0;
@@ -446,7 +454,7 @@ unsafe fn direct_rows<S: Simd, const ACT: u8>(d: &Conv, y0: usize, y1: usize) {
     let off = ig.pad - (k - 1) / 2;
     let in_row = ig.row_stride();
     for oy in y0..y1 {
-        let base = d.input.add((oy * s + off) * in_row + off * ig.c);
+        let base = d.input.add((oy * s + off - d.in_row0) * in_row + off * ig.c);
         let out_row = d.output.add(og.offset(oy - d.out_row0, 0));
         let mut ox = 0;
         while ox < og.w {

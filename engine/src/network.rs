@@ -126,6 +126,7 @@ impl Layer {
             output,
             out_geom,
             out_row0: 0,
+            in_row0: 0,
         }
     }
 }
@@ -167,6 +168,10 @@ pub struct Network {
     /// `fuse[i]`: layer i is a depthwise conv whose output only layer i + 1, a pointwise conv,
     /// reads; the pair runs a band of rows at a time and the depthwise map never leaves cache.
     fuse: Vec<bool>,
+    /// `fuse3[i]`: layer i is a pointwise expand whose output only the depthwise conv i + 1
+    /// reads, and i + 1 is fused with i + 2: the three run in bands, and neither the expanded
+    /// nor the depthwise map is ever whole.
+    fuse3: Vec<bool>,
 }
 
 struct Builder<'a> {
@@ -318,8 +323,16 @@ impl Network {
                 }
                 _ => false,
             })
+            .collect::<Vec<bool>>();
+        let fuse3 = (0..layers.len())
+            .map(|i| match (&layers[i], layers.get(i + 1)) {
+                (Layer::Pointwise { output, residual: None, .. }, Some(Layer::Depthwise { input, .. })) => {
+                    output == input && readers[*output] == 1 && *output != features && fuse[i + 1]
+                }
+                _ => false,
+            })
             .collect();
-        Network { spec, isa, maps, layers, features, head, fuse }
+        Network { spec, isa, maps, layers, features, head, fuse, fuse3 }
     }
 
     pub fn build(spec: &ModelSpec, src: &mut TensorSource, isa: Isa) -> Result<Network> {
@@ -489,6 +502,8 @@ pub struct Workspace {
     scratch: Vec<f32>,
     /// Rows of a fused depthwise output, one buffer per part.
     band: Vec<f32>,
+    /// Rows of a fused expand output (bordered, with `pad` spare rows in front), one per part.
+    eband: Vec<f32>,
     /// Threads each layer is split over (1: the calling thread only).
     parts: usize,
 }
@@ -506,6 +521,14 @@ impl Workspace {
         // Last layer index reading each map (map 0, the image, is "produced" before layer 0).
         let mut produced = vec![0usize; geoms.len()];
         let mut last_use = vec![0usize; geoms.len()];
+        // Layers in a fused group run interleaved: every read lasts until the group's end.
+        let mut group_end = vec![0usize; net.layers.len()];
+        let mut g = 0;
+        while g < net.layers.len() {
+            let n = net.group_len(g);
+            group_end[g..g + n].fill(g + n);
+            g += n;
+        }
         for (i, layer) in net.layers.iter().enumerate() {
             let (reads, writes): (Vec<usize>, Option<usize>) = match layer {
                 Layer::Direct { input, output, .. } | Layer::Depthwise { input, output, .. } => (vec![*input], Some(*output)),
@@ -514,8 +537,7 @@ impl Workspace {
                 }
                 Layer::SqueezeExcite { map, .. } => (vec![*map], None),
             };
-            // A fused depthwise reads its input while the pointwise after it writes.
-            let last = if net.fuse[i] { i + 2 } else { i + 1 };
+            let last = group_end[i];
             for r in reads {
                 last_use[r] = last_use[r].max(last);
             }
@@ -560,7 +582,31 @@ impl Workspace {
             })
             .max()
             .unwrap_or(0);
-        Self { size: (h, w), geoms, slots, slot_of, scratch: vec![0.0; 2 * widest + 64], band: vec![0.0; band * parts], parts }
+        let eband = (0..net.layers.len())
+            .filter(|&i| net.fuse3[i])
+            .map(|i| match (&net.layers[i + 1], &net.layers[i + 2]) {
+                (Layer::Depthwise { input, output, kernel, stride, .. }, Layer::Pointwise { dense, .. }) => {
+                    let (eg, dg) = (geoms[*input], geoms[*output]);
+                    (Network::band_rows(&dg, dense) - 1) * stride + kernel + eg.pad
+                }
+                _ => 0,
+            } * geoms[match &net.layers[i] {
+                Layer::Pointwise { output, .. } => *output,
+                _ => 0,
+            }]
+            .row_stride())
+            .max()
+            .unwrap_or(0);
+        Self {
+            size: (h, w),
+            geoms,
+            slots,
+            slot_of,
+            scratch: vec![0.0; 2 * widest + 64],
+            band: vec![0.0; band * parts],
+            eband: vec![0.0; eband * parts],
+            parts,
+        }
     }
 
     pub fn fits(&self, h: usize, w: usize, parts: usize) -> bool {
@@ -633,13 +679,27 @@ impl Network {
         }
         let mut i = 0;
         while i < self.layers.len() {
-            if self.fuse[i] {
-                self.run_fused(&self.layers[i], &self.layers[i + 1], ws);
-                i += 2;
-            } else {
-                self.run_layer(&self.layers[i], ws);
-                i += 1;
-            }
+            self.run_group(i, ws);
+            i += self.group_len(i);
+        }
+    }
+
+    /// How many layers run together starting at layer `i` (fused triples and pairs).
+    fn group_len(&self, i: usize) -> usize {
+        if self.fuse3[i] {
+            3
+        } else if self.fuse[i] {
+            2
+        } else {
+            1
+        }
+    }
+
+    fn run_group(&self, i: usize, ws: &mut Workspace) {
+        match self.group_len(i) {
+            3 => self.run_fused3(&self.layers[i], &self.layers[i + 1], &self.layers[i + 2], ws),
+            2 => self.run_fused(&self.layers[i], &self.layers[i + 1], ws),
+            _ => self.run_layer(&self.layers[i], ws),
         }
     }
 
@@ -684,6 +744,106 @@ impl Network {
                 let d = job.into_band(band, MapGeom { h: mid_g.h, ..band_g }, y0);
                 unsafe { kernels::depthwise(self.isa, &d, y0, y1) };
                 // Rows y0..y1 of the output (and residual) maps, as a map of their own.
+                let shift = |g: &MapGeom| y0 * g.row_stride();
+                let g = kernels::Gemm {
+                    a: band,
+                    a_geom: band_g,
+                    k: dense.k,
+                    b: dense.packed.as_ptr(),
+                    n_pad: dense.n_pad,
+                    bias: dense.bias.as_ptr(),
+                    act: dense.act,
+                    c: unsafe { out.get().add(shift(&og)) },
+                    c_geom: MapGeom { h: y1 - y0, ..og },
+                    res: res.map_or(std::ptr::null(), |(p, g)| unsafe { p.get().add(shift(&g)) as *const f32 }),
+                    res_geom: res.map_or(og, |(_, g)| MapGeom { h: y1 - y0, ..g }),
+                };
+                unsafe { kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w) };
+            }
+        });
+    }
+
+    /// Expand (1x1) → depthwise → project (1x1), in bands of depthwise output rows. Each band
+    /// computes the expanded rows it needs into `ws.eband` (keeping the rows it shares with the
+    /// previous band), runs the depthwise conv from there into `ws.band`, and projects.
+    fn run_fused3(&self, exp: &Layer, dw: &Layer, proj: &Layer, ws: &mut Workspace) {
+        let (
+            Layer::Pointwise { input: x, output: e, dense: exp_dense, .. },
+            Layer::Depthwise { output: mid, kernel, stride, .. },
+            Layer::Pointwise { output, residual, dense, .. },
+        ) = (exp, dw, proj)
+        else {
+            unreachable!("fuse3 marks pointwise → depthwise → pointwise triples only")
+        };
+        ws.zero_border(*output);
+        let (xg, eg, mid_g, og) = (ws.geoms[*x], ws.geoms[*e], ws.geoms[*mid], ws.geoms[*output]);
+        let (k, s, p) = (*kernel, *stride, eg.pad);
+        debug_assert_eq!(p, (k - 1) / 2, "the expanded map's only reader is this depthwise conv");
+        let ers = eg.row_stride();
+        let rows = Self::band_rows(&mid_g, dense);
+        let res = residual.map(|r| (SyncPtr(ws.ptr(r) as *mut f32), ws.geoms[r]));
+        let xp = SyncPtr(ws.ptr(*x) as *mut f32);
+        let out = SyncPtr(ws.ptr_mut(*output));
+        let band_len = ws.band.len() / ws.parts;
+        let eband_len = ws.eband.len() / ws.parts;
+        let band_base = SyncPtr(ws.band.as_mut_ptr());
+        let eband_base = SyncPtr(ws.eband.as_mut_ptr());
+        let job = dw.conv_job(ws, std::ptr::null_mut(), mid_g);
+        let bands = mid_g.h.div_ceil(rows);
+        for_parts(ws.parts, bands, &|part, b0, b1| {
+            let band = unsafe { band_base.get().add(part * band_len) };
+            // Row j of `ebuf` holds bordered expanded row r0 + j; `p` spare rows precede it.
+            let ebuf = unsafe { eband_base.get().add(part * eband_len + p * ers) };
+            let mut held: Option<(usize, usize)> = None;
+            for b in b0..b1 {
+                let y0 = b * rows;
+                let y1 = (y0 + rows).min(mid_g.h);
+                let (r0, r1) = (y0 * s, (y1 - 1) * s + k);
+                // Rows already computed for the previous band move to the front.
+                let mut start = r0;
+                if let Some((lo, hi)) = held {
+                    if lo <= r0 && hi > r0 {
+                        unsafe { std::ptr::copy(ebuf.add((r0 - lo) * ers), ebuf, (hi - r0) * ers) };
+                        start = hi;
+                    }
+                }
+                // Bordered rows outside the image are zero rows.
+                for r in start..r1 {
+                    if r < p || r >= eg.h + p {
+                        unsafe { std::ptr::write_bytes(ebuf.add((r - r0) * ers), 0, ers) };
+                    }
+                }
+                let (v0, v1) = (start.max(p), r1.min(eg.h + p));
+                if v0 < v1 {
+                    for r in v0..v1 {
+                        // Border columns: the buffer is shared with other layers' shapes.
+                        let row = unsafe { ebuf.add((r - r0) * ers) };
+                        unsafe {
+                            std::ptr::write_bytes(row, 0, p * eg.c);
+                            std::ptr::write_bytes(row.add((p + eg.w) * eg.c), 0, p * eg.c);
+                        }
+                    }
+                    // Image rows v0 - p .. v1 - p of the expand, written so that image row
+                    // v0 - p lands in ebuf row v0 - r0 (the geometry adds the border `p`).
+                    let g = kernels::Gemm {
+                        a: unsafe { xp.get().add((v0 - p) * xg.row_stride()) },
+                        a_geom: MapGeom { h: v1 - v0, ..xg },
+                        k: exp_dense.k,
+                        b: exp_dense.packed.as_ptr(),
+                        n_pad: exp_dense.n_pad,
+                        bias: exp_dense.bias.as_ptr(),
+                        act: exp_dense.act,
+                        c: unsafe { ebuf.sub(p * ers).add((v0 - r0) * ers) },
+                        c_geom: MapGeom { h: v1 - v0, ..eg },
+                        res: std::ptr::null(),
+                        res_geom: eg,
+                    };
+                    unsafe { kernels::gemm(self.isa, &g, 0, (v1 - v0) * eg.w) };
+                }
+                held = Some((r0, r1));
+                let band_g = MapGeom { h: y1 - y0, w: mid_g.w, c: mid_g.c, pad: 0 };
+                let d = job.from_band(ebuf, r0).into_band(band, MapGeom { h: mid_g.h, ..band_g }, y0);
+                unsafe { kernels::depthwise(self.isa, &d, y0, y1) };
                 let shift = |g: &MapGeom| y0 * g.row_stride();
                 let g = kernels::Gemm {
                     a: band,
@@ -776,16 +936,13 @@ impl Network {
             let mut i = 0;
             while i < self.layers.len() {
                 let t = std::time::Instant::now();
-                if self.fuse[i] {
-                    self.run_fused(&self.layers[i], &self.layers[i + 1], ws);
-                    in_network[i].push(t.elapsed().as_secs_f64() * 1e3);
-                    in_network[i + 1].push(0.0);
-                    i += 2;
-                } else {
-                    self.run_layer(&self.layers[i], ws);
-                    in_network[i].push(t.elapsed().as_secs_f64() * 1e3);
-                    i += 1;
+                self.run_group(i, ws);
+                in_network[i].push(t.elapsed().as_secs_f64() * 1e3);
+                let n = self.group_len(i);
+                for j in i + 1..i + n {
+                    in_network[j].push(0.0);
                 }
+                i += n;
             }
         }
         let median = |v: &mut Vec<f64>| {
@@ -830,7 +987,8 @@ impl Network {
                 Layer::Direct { output, .. } | Layer::Pointwise { output, .. } | Layer::Depthwise { output, .. } => *output,
                 Layer::SqueezeExcite { map, .. } => *map,
             }];
-            let fused = index > 0 && self.fuse[index - 1];
+            // Part of the group started by the layer before it (a pair, or a triple's first two).
+            let fused = index > 0 && (self.fuse[index - 1] || self.fuse3[index - 1]);
             let ms_in_network = median(&mut in_network[index]);
             out.push(LayerProfile { kind, out_hw: (g.h, g.w), macs, bytes, ms: times[times.len() / 2], ms_in_network, fused });
         }

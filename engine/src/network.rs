@@ -149,6 +149,25 @@ impl Dense {
     }
 }
 
+impl Dense {
+    /// The GEMM job `c = act(a · W + bias) (+ res)` over the maps `a` and `c` (and `res`).
+    fn job(&self, a: *const f32, a_geom: MapGeom, c: *mut f32, c_geom: MapGeom, res: Option<(*const f32, MapGeom)>) -> kernels::Gemm {
+        kernels::Gemm {
+            a,
+            a_geom,
+            k: self.k,
+            b: self.packed.as_ptr(),
+            n_pad: self.n_pad,
+            bias: self.bias.as_ptr(),
+            act: self.act,
+            c,
+            c_geom,
+            res: res.map_or(std::ptr::null(), |r| r.0),
+            res_geom: res.map_or(c_geom, |r| r.1),
+        }
+    }
+}
+
 fn padded(v: &[f32], len: usize) -> Vec<f32> {
     let mut out = vec![0.0; len];
     out[..v.len()].copy_from_slice(v);
@@ -740,25 +759,7 @@ impl Network {
             for b in b0..b1 {
                 let y0 = b * rows;
                 let y1 = (y0 + rows).min(mid_g.h);
-                let band_g = MapGeom { h: y1 - y0, w: mid_g.w, c: mid_g.c, pad: 0 };
-                let d = job.into_band(band, MapGeom { h: mid_g.h, ..band_g }, y0);
-                unsafe { kernels::depthwise(self.isa, &d, y0, y1) };
-                // Rows y0..y1 of the output (and residual) maps, as a map of their own.
-                let shift = |g: &MapGeom| y0 * g.row_stride();
-                let g = kernels::Gemm {
-                    a: band,
-                    a_geom: band_g,
-                    k: dense.k,
-                    b: dense.packed.as_ptr(),
-                    n_pad: dense.n_pad,
-                    bias: dense.bias.as_ptr(),
-                    act: dense.act,
-                    c: unsafe { out.get().add(shift(&og)) },
-                    c_geom: MapGeom { h: y1 - y0, ..og },
-                    res: res.map_or(std::ptr::null(), |(p, g)| unsafe { p.get().add(shift(&g)) as *const f32 }),
-                    res_geom: res.map_or(og, |(_, g)| MapGeom { h: y1 - y0, ..g }),
-                };
-                unsafe { kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w) };
+                self.depthwise_then_project(job, band, mid_g, (y0, y1), dense, out, og, res);
             }
         });
     }
@@ -825,42 +826,47 @@ impl Network {
                     }
                     // Image rows v0 - p .. v1 - p of the expand, written so that image row
                     // v0 - p lands in ebuf row v0 - r0 (the geometry adds the border `p`).
-                    let g = kernels::Gemm {
-                        a: unsafe { xp.get().add((v0 - p) * xg.row_stride()) },
-                        a_geom: MapGeom { h: v1 - v0, ..xg },
-                        k: exp_dense.k,
-                        b: exp_dense.packed.as_ptr(),
-                        n_pad: exp_dense.n_pad,
-                        bias: exp_dense.bias.as_ptr(),
-                        act: exp_dense.act,
-                        c: unsafe { ebuf.sub(p * ers).add((v0 - r0) * ers) },
-                        c_geom: MapGeom { h: v1 - v0, ..eg },
-                        res: std::ptr::null(),
-                        res_geom: eg,
-                    };
+                    let g = exp_dense.job(
+                        unsafe { xp.get().add((v0 - p) * xg.row_stride()) },
+                        MapGeom { h: v1 - v0, ..xg },
+                        unsafe { ebuf.sub(p * ers).add((v0 - r0) * ers) },
+                        MapGeom { h: v1 - v0, ..eg },
+                        None,
+                    );
                     unsafe { kernels::gemm(self.isa, &g, 0, (v1 - v0) * eg.w) };
                 }
                 held = Some((r0, r1));
-                let band_g = MapGeom { h: y1 - y0, w: mid_g.w, c: mid_g.c, pad: 0 };
-                let d = job.from_band(ebuf, r0).into_band(band, MapGeom { h: mid_g.h, ..band_g }, y0);
-                unsafe { kernels::depthwise(self.isa, &d, y0, y1) };
-                let shift = |g: &MapGeom| y0 * g.row_stride();
-                let g = kernels::Gemm {
-                    a: band,
-                    a_geom: band_g,
-                    k: dense.k,
-                    b: dense.packed.as_ptr(),
-                    n_pad: dense.n_pad,
-                    bias: dense.bias.as_ptr(),
-                    act: dense.act,
-                    c: unsafe { out.get().add(shift(&og)) },
-                    c_geom: MapGeom { h: y1 - y0, ..og },
-                    res: res.map_or(std::ptr::null(), |(p, g)| unsafe { p.get().add(shift(&g)) as *const f32 }),
-                    res_geom: res.map_or(og, |(_, g)| MapGeom { h: y1 - y0, ..g }),
-                };
-                unsafe { kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w) };
+                self.depthwise_then_project(job.from_band(ebuf, r0), band, mid_g, (y0, y1), dense, out, og, res);
             }
         });
+    }
+
+    /// One band of a fused pair or triple: depthwise rows `y0..y1` into `band`, then the
+    /// pointwise conv from `band` into the same rows of the output (and residual) maps.
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_then_project(
+        &self,
+        job: kernels::Conv,
+        band: *mut f32,
+        mid_g: MapGeom,
+        (y0, y1): (usize, usize),
+        dense: &Dense,
+        out: SyncPtr,
+        og: MapGeom,
+        res: Option<(SyncPtr, MapGeom)>,
+    ) {
+        let band_g = MapGeom { h: y1 - y0, w: mid_g.w, c: mid_g.c, pad: 0 };
+        let d = job.into_band(band, MapGeom { h: mid_g.h, ..band_g }, y0);
+        unsafe { kernels::depthwise(self.isa, &d, y0, y1) };
+        // Rows y0..y1 of the output (and residual) maps, as maps of their own.
+        let rows = |p: *mut f32, g: MapGeom| (unsafe { p.add(y0 * g.row_stride()) }, MapGeom { h: y1 - y0, ..g });
+        let (c, c_geom) = rows(out.get(), og);
+        let res = res.map(|(p, g)| {
+            let (p, g) = rows(p.get(), g);
+            (p as *const f32, g)
+        });
+        let g = dense.job(band, band_g, c, c_geom, res);
+        unsafe { kernels::gemm(self.isa, &g, 0, (y1 - y0) * mid_g.w) };
     }
 
     fn run_layer(&self, layer: &Layer, ws: &mut Workspace) {
@@ -890,19 +896,7 @@ impl Network {
                     let og = ws.geoms[*output];
                     let res = residual.map(|r| (ws.ptr(r), ws.geoms[r]));
                     let (inp, out) = (ws.ptr(*input), ws.ptr_mut(*output));
-                    let g = kernels::Gemm {
-                        a: inp,
-                        a_geom: ws.geoms[*input],
-                        k: dense.k,
-                        b: dense.packed.as_ptr(),
-                        n_pad: dense.n_pad,
-                        bias: dense.bias.as_ptr(),
-                        act: dense.act,
-                        c: out,
-                        c_geom: og,
-                        res: res.map_or(std::ptr::null(), |r| r.0),
-                        res_geom: res.map_or(og, |r| r.1),
-                    };
+                    let g = dense.job(inp, ws.geoms[*input], out, og, res);
                     for_parts(ws.parts, og.h * og.w, &|_, a, b| unsafe { kernels::gemm(isa, &g, a, b) });
                 }
                 Layer::SqueezeExcite { map, channels, squeeze, squeeze_pad, fc1, b1, fc2, b2 } => {
@@ -1008,19 +1002,7 @@ impl Network {
             let mut y = vec![0.0f32; m * dense.n_pad];
             let a_geom = MapGeom { h: 1, w: m, c: stride, pad: 0 };
             let c_geom = MapGeom { h: 1, w: m, c: dense.n_pad, pad: 0 };
-            let g = kernels::Gemm {
-                a: x.as_ptr(),
-                a_geom,
-                k: dense.k,
-                b: dense.packed.as_ptr(),
-                n_pad: dense.n_pad,
-                bias: dense.bias.as_ptr(),
-                act: dense.act,
-                c: y.as_mut_ptr(),
-                c_geom,
-                res: std::ptr::null(),
-                res_geom: c_geom,
-            };
+            let g = dense.job(x.as_ptr(), a_geom, y.as_mut_ptr(), c_geom, None);
             unsafe { kernels::gemm(self.isa, &g, 0, m) };
             x = y;
             stride = dense.n_pad;

@@ -433,7 +433,7 @@ fn bench(args: BenchArgs, device: &Device) -> anyhow::Result<()> {
     let mut failure = None;
     let result = pool.install(|| {
         mobilenet_engine::bench::measure(n, 3, 10, std::time::Duration::from_secs_f64(args.seconds), || {
-            if let Err(e) = runner.logits(pixels.clone(), n, s, s) {
+            if let Err(e) = runner.logits(&pixels, n, s, s) {
                 failure.get_or_insert(e);
             }
         })

@@ -117,15 +117,16 @@ impl Runner {
         self.config().num_classes
     }
 
-    /// Logits `[n][classes]` for `n` NCHW images of `h` x `w`.
-    pub fn logits(&self, data: Vec<f32>, n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+    /// Logits `[n][classes]` for `n` NCHW images of `h` x `w`. (Borrowed: the engine reads the
+    /// pixels in place; only burn needs its own copy.)
+    pub fn logits(&self, data: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
         match self {
             Runner::Engine { engine, .. } => {
-                let images = Images::new(&data, n, h, w).map_err(|e| Error::Engine(e.to_string()))?;
+                let images = Images::new(data, n, h, w).map_err(|e| Error::Engine(e.to_string()))?;
                 Ok(engine.run(&images).map_err(|e| Error::Engine(e.to_string()))?.data)
             }
             Runner::Burn { model, device } => {
-                let x = Tensor::<4>::from_data(TensorData::new(data, [n, 3, h, w]), device);
+                let x = Tensor::<4>::from_data(TensorData::new(data.to_vec(), [n, 3, h, w]), device);
                 Ok(model.forward(x).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits"))
             }
         }

@@ -89,7 +89,7 @@ pub fn evaluate_with(
     for batch in rx {
         let batch = batch?;
         let n = batch.len();
-        let values = runner.logits(batch.images.clone(), n, batch.size, batch.size)?;
+        let values = runner.logits(&batch.images, n, batch.size, batch.size)?;
         loss_sum += values.chunks_exact(k).zip(&batch.labels).map(|(z, &y)| host_cross_entropy(z, y as usize)).sum::<f64>();
         for ((hit1, hit5), &label) in topk_hits(&values, k, &batch.labels).into_iter().zip(&batch.labels) {
             top1 += hit1 as usize;

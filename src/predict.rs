@@ -128,7 +128,7 @@ impl Classifier {
             }
             data.extend_from_slice(image);
         }
-        let logits = self.runner.logits(data, images.len(), side, side)?;
+        let logits = self.runner.logits(&data, images.len(), side, side)?;
         Ok(logits.chunks_exact(self.runner.num_classes()).map(softmax).collect())
     }
 

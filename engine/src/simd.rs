@@ -32,7 +32,7 @@ impl Isa {
     }
 
     fn best_available() -> Isa {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(engine_x86)]
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             if avx2 && is_x86_feature_detected!("avx512f") {
@@ -109,10 +109,10 @@ pub trait Simd: Copy {
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(engine_x86)]
 pub use x86::{Avx2, Avx512};
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(engine_x86)]
 mod x86 {
     use super::Simd;
     use std::arch::x86_64::*;
@@ -276,13 +276,13 @@ macro_rules! multiversion {
         /// The pointers in the arguments must be valid for the rows and channels they describe,
         /// and `isa` must be available on this CPU.
         $vis unsafe fn $name(isa: $crate::simd::Isa, $($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(engine_x86)]
             #[target_feature(enable = "avx512f,avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn avx512($($arg: $ty),*) {
                 unsafe { $generic::<$crate::simd::Avx512>($($arg),*) }
             }
-            #[cfg(target_arch = "x86_64")]
+            #[cfg(engine_x86)]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             unsafe fn avx2($($arg: $ty),*) {
@@ -290,9 +290,9 @@ macro_rules! multiversion {
             }
             match isa {
                 // SAFETY: an engine only holds an Isa that `Isa::detect` found on this CPU.
-                #[cfg(target_arch = "x86_64")]
+                #[cfg(engine_x86)]
                 $crate::simd::Isa::Avx512 => unsafe { avx512($($arg),*) },
-                #[cfg(target_arch = "x86_64")]
+                #[cfg(engine_x86)]
                 $crate::simd::Isa::Avx2 => unsafe { avx2($($arg),*) },
                 _ => unsafe { $generic::<$crate::simd::Portable>($($arg),*) },
             }

@@ -191,6 +191,19 @@ pub struct Network {
     /// reads, and i + 1 is fused with i + 2: the three run in bands, and neither the expanded
     /// nor the depthwise map is ever whole.
     fuse3: Vec<bool>,
+    /// `chain[i]`: layers i, i + 1 are a fused pair whose pointwise output only the fused pair
+    /// i + 2, i + 3 reads (V1's blocks): the second pair reads the first's output through a
+    /// ring of rows, as a triple reads its expand, so that map is never whole either.
+    chain: Vec<bool>,
+}
+
+/// What computes the rows of the map that a ring-fed depthwise conv reads.
+#[derive(Clone, Copy)]
+enum Producer<'a> {
+    /// A 1x1 expand conv of the whole map `input`.
+    Expand { input: usize, dense: &'a Dense },
+    /// A fused depthwise → pointwise pair; its depthwise conv reads a whole map.
+    Pair { dw: &'a Layer, dense: &'a Dense },
 }
 
 struct Builder<'a> {
@@ -350,8 +363,9 @@ impl Network {
                 }
                 _ => false,
             })
-            .collect();
-        Network { spec, isa, maps, layers, features, head, fuse, fuse3 }
+            .collect::<Vec<bool>>();
+        let chain = (0..layers.len()).map(|i| fuse[i] && fuse3.get(i + 1) == Some(&true)).collect();
+        Network { spec, isa, maps, layers, features, head, fuse, fuse3, chain }
     }
 
     pub fn build(spec: &ModelSpec, src: &mut TensorSource, isa: Isa) -> Result<Network> {
@@ -503,10 +517,10 @@ pub struct LayerProfile {
     pub bytes: usize,
     /// Median time run alone, over and over (inputs hot in cache).
     pub ms: f64,
-    /// Median time within whole passes; a fused depthwise → pointwise pair is charged to the
+    /// Median time within whole passes; a fused group (pair, triple, chain) is charged to its
     /// depthwise layer, and the pointwise shows 0.
     pub ms_in_network: f64,
-    /// Runs fused with the depthwise layer before it.
+    /// Runs inside a fused group started by an earlier layer.
     pub fused: bool,
 }
 
@@ -676,6 +690,16 @@ impl Network {
 
     /// Every layer on one NCHW image; the maps stay in `ws`.
     fn run_layers(&self, ws: &mut Workspace, image: &[f32]) {
+        self.load_image(ws, image);
+        let mut i = 0;
+        while i < self.layers.len() {
+            self.run_group(i, ws);
+            i += self.group_len(i);
+        }
+    }
+
+    /// The NCHW image into the first map.
+    fn load_image(&self, ws: &mut Workspace, image: &[f32]) {
         let (h, w) = ws.size;
         let g0 = ws.geoms[0];
         ws.zero_border(0);
@@ -696,16 +720,13 @@ impl Network {
                 }
             }
         }
-        let mut i = 0;
-        while i < self.layers.len() {
-            self.run_group(i, ws);
-            i += self.group_len(i);
-        }
     }
 
     /// How many layers run together starting at layer `i` (fused triples and pairs).
     fn group_len(&self, i: usize) -> usize {
-        if self.fuse3[i] {
+        if self.chain[i] {
+            4
+        } else if self.fuse3[i] {
             3
         } else if self.fuse[i] {
             2
@@ -716,7 +737,15 @@ impl Network {
 
     fn run_group(&self, i: usize, ws: &mut Workspace) {
         match self.group_len(i) {
-            3 => self.run_fused3(&self.layers[i], &self.layers[i + 1], &self.layers[i + 2], ws),
+            4 => {
+                let Layer::Pointwise { dense, .. } = &self.layers[i + 1] else { unreachable!("chain starts with a pair") };
+                let producer = Producer::Pair { dw: &self.layers[i], dense };
+                self.run_ring(producer, &self.layers[i + 2], &self.layers[i + 3], ws)
+            }
+            3 => {
+                let Layer::Pointwise { input, dense, .. } = &self.layers[i] else { unreachable!("a triple starts with its expand") };
+                self.run_ring(Producer::Expand { input: *input, dense }, &self.layers[i + 1], &self.layers[i + 2], ws)
+            }
             2 => self.run_fused(&self.layers[i], &self.layers[i + 1], ws),
             _ => self.run_layer(&self.layers[i], ws),
         }
@@ -764,36 +793,47 @@ impl Network {
         });
     }
 
-    /// Expand (1x1) → depthwise → project (1x1), in bands of depthwise output rows. Each band
-    /// computes the expanded rows it needs into `ws.eband` (keeping the rows it shares with the
-    /// previous band), runs the depthwise conv from there into `ws.band`, and projects.
-    fn run_fused3(&self, exp: &Layer, dw: &Layer, proj: &Layer, ws: &mut Workspace) {
-        let (
-            Layer::Pointwise { input: x, output: e, dense: exp_dense, .. },
-            Layer::Depthwise { output: mid, kernel, stride, .. },
-            Layer::Pointwise { output, residual, dense, .. },
-        ) = (exp, dw, proj)
+    /// A depthwise → pointwise pair fed through a ring of rows: expand (1x1) → depthwise →
+    /// project, or pair → pair. Per band of depthwise output rows, the producer computes the
+    /// rows of its map that the band needs into `ws.eband` (keeping the rows it shares with the
+    /// previous band), the depthwise conv reads them from there into `ws.band`, and the
+    /// pointwise conv projects. Neither the producer's map nor the depthwise map is ever whole.
+    fn run_ring(&self, producer: Producer, dw: &Layer, proj: &Layer, ws: &mut Workspace) {
+        let (Layer::Depthwise { input: e, output: mid, kernel, stride, .. }, Layer::Pointwise { output, residual, dense, .. }) = (dw, proj)
         else {
-            unreachable!("fuse3 marks pointwise → depthwise → pointwise triples only")
+            unreachable!("a ring feeds a depthwise → pointwise pair")
         };
         ws.zero_border(*output);
-        let (xg, eg, mid_g, og) = (ws.geoms[*x], ws.geoms[*e], ws.geoms[*mid], ws.geoms[*output]);
+        let (eg, mid_g, og) = (ws.geoms[*e], ws.geoms[*mid], ws.geoms[*output]);
         let (k, s, p) = (*kernel, *stride, eg.pad);
-        debug_assert_eq!(p, (k - 1) / 2, "the expanded map's only reader is this depthwise conv");
+        debug_assert_eq!(p, (k - 1) / 2, "the ring's map's only reader is this depthwise conv");
         let ers = eg.row_stride();
         let rows = Self::band_rows(&mid_g, dense);
         let res = residual.map(|r| (SyncPtr(ws.ptr(r) as *mut f32), ws.geoms[r]));
-        let xp = SyncPtr(ws.ptr(*x) as *mut f32);
         let out = SyncPtr(ws.ptr_mut(*output));
         let band_len = ws.band.len() / ws.parts;
         let eband_len = ws.eband.len() / ws.parts;
         let band_base = SyncPtr(ws.band.as_mut_ptr());
         let eband_base = SyncPtr(ws.eband.as_mut_ptr());
         let job = dw.conv_job(ws, std::ptr::null_mut(), mid_g);
+        // The producer's inputs, resolved while `ws` may be borrowed.
+        let (xp, xg) = match producer {
+            Producer::Expand { input, .. } => (SyncPtr(ws.ptr(input) as *mut f32), ws.geoms[input]),
+            Producer::Pair { .. } => (SyncPtr(std::ptr::null_mut()), eg),
+        };
+        let pair = match producer {
+            Producer::Pair { dw: pdw, dense: pdense } => {
+                let Layer::Depthwise { output: pmid, .. } = pdw else { unreachable!("a pair starts with a depthwise conv") };
+                let pmid_g = ws.geoms[*pmid];
+                Some((pdw.conv_job(ws, std::ptr::null_mut(), pmid_g), pmid_g, Self::band_rows(&pmid_g, pdense), pdense))
+            }
+            Producer::Expand { .. } => None,
+        };
         let bands = mid_g.h.div_ceil(rows);
         for_parts(ws.parts, bands, &|part, b0, b1| {
             let band = unsafe { band_base.get().add(part * band_len) };
-            // Row j of `ebuf` holds bordered expanded row r0 + j; `p` spare rows precede it.
+            // Row j of `ebuf` holds bordered row r0 + j of the ring's map; `p` spare rows
+            // precede it.
             let ebuf = unsafe { eband_base.get().add(part * eband_len + p * ers) };
             let mut held: Option<(usize, usize)> = None;
             for b in b0..b1 {
@@ -824,16 +864,31 @@ impl Network {
                             std::ptr::write_bytes(row.add((p + eg.w) * eg.c), 0, p * eg.c);
                         }
                     }
-                    // Image rows v0 - p .. v1 - p of the expand, written so that image row
-                    // v0 - p lands in ebuf row v0 - r0 (the geometry adds the border `p`).
-                    let g = exp_dense.job(
-                        unsafe { xp.get().add((v0 - p) * xg.row_stride()) },
-                        MapGeom { h: v1 - v0, ..xg },
-                        unsafe { ebuf.sub(p * ers).add((v0 - r0) * ers) },
-                        MapGeom { h: v1 - v0, ..eg },
-                        None,
-                    );
-                    unsafe { kernels::gemm(self.isa, &g, 0, (v1 - v0) * eg.w) };
+                    // Image rows v0 - p .. v1 - p of the ring's map, written so that image row
+                    // y lands in ebuf row y + p - r0 (the geometry adds the border `p`).
+                    let base = ebuf.wrapping_sub(r0 * ers);
+                    match (producer, pair) {
+                        (Producer::Expand { dense: exp_dense, .. }, _) => {
+                            let g = exp_dense.job(
+                                unsafe { xp.get().add((v0 - p) * xg.row_stride()) },
+                                MapGeom { h: v1 - v0, ..xg },
+                                base.wrapping_add((v0 - p) * ers),
+                                MapGeom { h: v1 - v0, ..eg },
+                                None,
+                            );
+                            unsafe { kernels::gemm(self.isa, &g, 0, (v1 - v0) * eg.w) };
+                        }
+                        (Producer::Pair { .. }, Some((pjob, pmid_g, prows, pdense))) => {
+                            // The pair's own bands, through the same band buffer (used in turn).
+                            let mut c0 = v0 - p;
+                            while c0 < v1 - p {
+                                let c1 = (c0 + prows).min(v1 - p);
+                                self.depthwise_then_project(pjob, band, pmid_g, (c0, c1), pdense, SyncPtr(base), eg, None);
+                                c0 = c1;
+                            }
+                        }
+                        (Producer::Pair { .. }, None) => unreachable!("a pair producer has its job"),
+                    }
                 }
                 held = Some((r0, r1));
                 self.depthwise_then_project(job.from_band(ebuf, r0), band, mid_g, (y0, y1), dense, out, og, res);
@@ -859,7 +914,8 @@ impl Network {
         let d = job.into_band(band, MapGeom { h: mid_g.h, ..band_g }, y0);
         unsafe { kernels::depthwise(self.isa, &d, y0, y1) };
         // Rows y0..y1 of the output (and residual) maps, as maps of their own.
-        let rows = |p: *mut f32, g: MapGeom| (unsafe { p.add(y0 * g.row_stride()) }, MapGeom { h: y1 - y0, ..g });
+        // (wrapping: a ring's base may point before its buffer; the rows themselves are inside.)
+        let rows = |p: *mut f32, g: MapGeom| (p.wrapping_add(y0 * g.row_stride()), MapGeom { h: y1 - y0, ..g });
         let (c, c_geom) = rows(out.get(), og);
         let res = res.map(|(p, g)| {
             let (p, g) = rows(p.get(), g);
@@ -925,8 +981,19 @@ impl Network {
         // In the network: whole passes, each step timed where it runs (a fused pair counts once,
         // on its depthwise layer), so the caches hold what they would.
         let mut in_network: Vec<Vec<f64>> = vec![Vec::new(); self.layers.len()];
+        // The steps outside the layers: image copy, pooling, classifier (alone, in network).
+        let mut outside: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+        let fg = ws.geoms[self.features];
+        let mut pooled = vec![0.0f32; self.pooled_stride()];
+        let mut logits = vec![0.0f32; self.spec.num_classes];
+        let timed = |f: &mut dyn FnMut()| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        };
         for _ in 0..runs.max(1) {
             self.run_layers(ws, image);
+            outside[0].1.push(timed(&mut || self.load_image(ws, image)));
             let mut i = 0;
             while i < self.layers.len() {
                 let t = std::time::Instant::now();
@@ -938,11 +1005,24 @@ impl Network {
                 }
                 i += n;
             }
+            outside[1].1.push(timed(&mut || unsafe { kernels::mean_pool(self.isa, ws.ptr(self.features), fg, pooled.as_mut_ptr()) }));
+            outside[2].1.push(timed(&mut || self.head(&pooled, 1, &mut logits)));
+        }
+        for _ in 0..runs.max(1) {
+            outside[0].0.push(timed(&mut || self.load_image(ws, image)));
+            outside[1].0.push(timed(&mut || unsafe { kernels::mean_pool(self.isa, ws.ptr(self.features), fg, pooled.as_mut_ptr()) }));
+            outside[2].0.push(timed(&mut || self.head(&pooled, 1, &mut logits)));
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
+        let mut group_start = vec![false; self.layers.len()];
+        let mut i = 0;
+        while i < self.layers.len() {
+            group_start[i] = true;
+            i += self.group_len(i);
+        }
         let mut out = Vec::new();
         for (index, layer) in self.layers.iter().enumerate() {
             let mut times: Vec<f64> = (0..runs.max(1))
@@ -982,9 +1062,20 @@ impl Network {
                 Layer::SqueezeExcite { map, .. } => *map,
             }];
             // Part of the group started by the layer before it (a pair, or a triple's first two).
-            let fused = index > 0 && (self.fuse[index - 1] || self.fuse3[index - 1]);
+            let fused = !group_start[index];
             let ms_in_network = median(&mut in_network[index]);
             out.push(LayerProfile { kind, out_hw: (g.h, g.w), macs, bytes, ms: times[times.len() / 2], ms_in_network, fused });
+        }
+        let (ig, features) = (ws.geoms[0], self.maps[self.features].channels);
+        let head_macs: usize = self.head.iter().map(|d| d.k * d.n_pad).sum();
+        let head_bytes: usize = self.head.iter().map(|d| 4 * d.packed.len()).sum();
+        let steps = [
+            (format!("image copy {}ch", self.maps[0].channels), (ig.h, ig.w), 0, 4 * 2 * ig.h * ig.w * self.maps[0].channels),
+            (format!("pool {features}"), (1, 1), fg.h * fg.w * features, 4 * fg.h * fg.w * features),
+            (format!("classifier {features}->{}", self.spec.num_classes), (1, 1), head_macs, head_bytes),
+        ];
+        for ((kind, out_hw, macs, bytes), (alone, net)) in steps.into_iter().zip(outside.iter_mut()) {
+            out.push(LayerProfile { kind, out_hw, macs, bytes, ms: median(alone), ms_in_network: median(net), fused: false });
         }
         out
     }

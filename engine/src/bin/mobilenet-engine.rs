@@ -109,7 +109,7 @@ fn print_profile(layers: &[mobilenet_engine::LayerProfile]) {
             None => kinds.push((kind, l.ms, l.macs)),
         }
     }
-    println!("\nby kind, each layer alone (sum {total:.3} ms; in the network the layers take {total_net:.3} ms):");
+    println!("\nby kind, each step alone (sum {total:.3} ms; in whole passes the steps take {total_net:.3} ms):");
     for (kind, ms, macs) in kinds {
         println!("  {kind:<16} {ms:>8.3} ms {:>5.1}%  {:>8.1} MMACs  {:>6.1} GMAC/s", 100.0 * ms / total, macs as f64 / 1e6, macs as f64 / ms / 1e6);
     }

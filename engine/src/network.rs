@@ -609,7 +609,7 @@ impl Workspace {
             .map(|i| match (&net.layers[i], &net.layers[i + 1]) {
                 (Layer::Depthwise { output, .. }, Layer::Pointwise { dense, .. }) => {
                     let g = geoms[*output];
-                    Network::band_rows(&g, dense) * g.w * g.c
+                    Network::band_rows(&g, dense) * MapGeom { pad: 0, ..g }.row_stride()
                 }
                 _ => 0,
             })

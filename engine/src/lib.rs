@@ -17,6 +17,7 @@
 
 pub mod arch;
 pub mod bench;
+mod buffer;
 mod error;
 mod kernels;
 mod network;

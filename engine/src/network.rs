@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use crate::buffer::Buffer;
 use crate::arch::{self, Activation, Arch, ModelSpec};
 use crate::error::{EngineError, Result};
 use crate::kernels::{self, MapGeom};
@@ -136,7 +137,7 @@ impl Layer {
 struct Dense {
     k: usize,
     n_pad: usize,
-    packed: Vec<f32>,
+    packed: Buffer,
     bias: Vec<f32>,
     act: u8,
 }
@@ -145,7 +146,7 @@ impl Dense {
     /// `weights` in torch's [n, k] layout.
     fn new(weights: &[f32], bias: &[f32], n: usize, k: usize, act: u8, lanes: usize) -> Self {
         let (packed, n_pad) = kernels::pack_gemm_weights(weights, n, k, lanes);
-        Self { k, n_pad, packed, bias: padded(bias, n_pad), act }
+        Self { k, n_pad, packed: Buffer::from_slice(&packed), bias: padded(bias, n_pad), act }
     }
 }
 
@@ -530,13 +531,13 @@ pub struct LayerProfile {
 pub struct Workspace {
     size: (usize, usize),
     geoms: Vec<MapGeom>,
-    slots: Vec<Vec<f32>>,
+    slots: Vec<Buffer>,
     slot_of: Vec<usize>,
     scratch: Vec<f32>,
     /// Rows of a fused depthwise output, one buffer per part.
-    band: Vec<f32>,
+    band: Buffer,
     /// Rows of a fused expand output (bordered, with `pad` spare rows in front), one per part.
-    eband: Vec<f32>,
+    eband: Buffer,
     /// Threads each layer is split over (1: the calling thread only).
     parts: usize,
 }
@@ -602,7 +603,7 @@ impl Workspace {
             slot_free_after[s] = last_use[m];
             slot_of[m] = s;
         }
-        let slots = slot_sizes.iter().map(|&n| vec![0.0; n]).collect();
+        let slots = slot_sizes.iter().map(|&n| Buffer::zeroed(n)).collect();
         let widest = net.maps.iter().map(|m| m.stride_c).max().unwrap_or(0);
         let band = (0..net.layers.len())
             .filter(|&i| net.fuse[i])
@@ -636,8 +637,8 @@ impl Workspace {
             slots,
             slot_of,
             scratch: vec![0.0; 2 * widest + 64],
-            band: vec![0.0; band * parts],
-            eband: vec![0.0; eband * parts],
+            band: Buffer::zeroed(band * parts),
+            eband: Buffer::zeroed(eband * parts),
             parts,
         }
     }

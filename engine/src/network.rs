@@ -817,18 +817,18 @@ impl Network {
         let band_base = SyncPtr(ws.band.as_mut_ptr());
         let eband_base = SyncPtr(ws.eband.as_mut_ptr());
         let job = dw.conv_job(ws, std::ptr::null_mut(), mid_g);
-        // The producer's inputs, resolved while `ws` may be borrowed.
-        let (xp, xg) = match producer {
-            Producer::Expand { input, .. } => (SyncPtr(ws.ptr(input) as *mut f32), ws.geoms[input]),
-            Producer::Pair { .. } => (SyncPtr(std::ptr::null_mut()), eg),
-        };
-        let pair = match producer {
-            Producer::Pair { dw: pdw, dense: pdense } => {
+        // The producer with its pointers and geometry, resolved while `ws` may be borrowed.
+        enum Ready<'a> {
+            Expand { x: SyncPtr, xg: MapGeom, dense: &'a Dense },
+            Pair { job: kernels::Conv, mid_g: MapGeom, rows: usize, dense: &'a Dense },
+        }
+        let ready = match producer {
+            Producer::Expand { input, dense } => Ready::Expand { x: SyncPtr(ws.ptr(input) as *mut f32), xg: ws.geoms[input], dense },
+            Producer::Pair { dw: pdw, dense } => {
                 let Layer::Depthwise { output: pmid, .. } = pdw else { unreachable!("a pair starts with a depthwise conv") };
-                let pmid_g = ws.geoms[*pmid];
-                Some((pdw.conv_job(ws, std::ptr::null_mut(), pmid_g), pmid_g, Self::band_rows(&pmid_g, pdense), pdense))
+                let mid_g = ws.geoms[*pmid];
+                Ready::Pair { job: pdw.conv_job(ws, std::ptr::null_mut(), mid_g), mid_g, rows: Self::band_rows(&mid_g, dense), dense }
             }
-            Producer::Expand { .. } => None,
         };
         let bands = mid_g.h.div_ceil(rows);
         for_parts(ws.parts, bands, &|part, b0, b1| {
@@ -868,27 +868,26 @@ impl Network {
                     // Image rows v0 - p .. v1 - p of the ring's map, written so that image row
                     // y lands in ebuf row y + p - r0 (the geometry adds the border `p`).
                     let base = ebuf.wrapping_sub(r0 * ers);
-                    match (producer, pair) {
-                        (Producer::Expand { dense: exp_dense, .. }, _) => {
+                    match &ready {
+                        Ready::Expand { x, xg, dense: exp_dense } => {
                             let g = exp_dense.job(
-                                unsafe { xp.get().add((v0 - p) * xg.row_stride()) },
-                                MapGeom { h: v1 - v0, ..xg },
+                                unsafe { x.get().add((v0 - p) * xg.row_stride()) },
+                                MapGeom { h: v1 - v0, ..*xg },
                                 base.wrapping_add((v0 - p) * ers),
                                 MapGeom { h: v1 - v0, ..eg },
                                 None,
                             );
                             unsafe { kernels::gemm(self.isa, &g, 0, (v1 - v0) * eg.w) };
                         }
-                        (Producer::Pair { .. }, Some((pjob, pmid_g, prows, pdense))) => {
+                        Ready::Pair { job: pjob, mid_g: pmid_g, rows: prows, dense: pdense } => {
                             // The pair's own bands, through the same band buffer (used in turn).
                             let mut c0 = v0 - p;
                             while c0 < v1 - p {
                                 let c1 = (c0 + prows).min(v1 - p);
-                                self.depthwise_then_project(pjob, band, pmid_g, (c0, c1), pdense, SyncPtr(base), eg, None);
+                                self.depthwise_then_project(*pjob, band, *pmid_g, (c0, c1), pdense, SyncPtr(base), eg, None);
                                 c0 = c1;
                             }
                         }
-                        (Producer::Pair { .. }, None) => unreachable!("a pair producer has its job"),
                     }
                 }
                 held = Some((r0, r1));

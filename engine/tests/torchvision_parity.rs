@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use mobilenet_engine::{read_safetensors, Arch, Engine, EngineOptions, Images, Isa, ModelSpec};
-use support::filler::{fill, uniform};
+use support::filler::{fill, uniform, EVAL_CASES};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
@@ -27,16 +27,7 @@ fn engine_alone_matches_torchvision_on_parity_fixtures() {
     let shape = [2, 3, 224, 224];
     let input = uniform("input", shape.iter().product());
     let images = Images::from_shape(&input, &shape).unwrap();
-    let cases = [
-        ("mobilenet_v1", 1.0),
-        ("mobilenet_v2", 1.0),
-        ("mobilenet_v3_large", 1.0),
-        ("mobilenet_v3_small", 1.0),
-        ("mobilenet_v2", 0.5),
-        ("mobilenet_v3_large", 0.5),
-        ("mobilenet_v3_small", 0.5),
-    ];
-    for (arch, width) in cases {
+    for (arch, width) in EVAL_CASES {
         let name = format!("{arch}_w{width:.1}");
         let tensors: HashMap<String, (Vec<usize>, Vec<f32>)> =
             keys[&name].iter().map(|(k, s)| (k.clone(), (s.clone(), fill(k, s)))).collect();

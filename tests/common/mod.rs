@@ -11,18 +11,8 @@ use mobilenet::{weights, MobileNet};
 
 #[path = "../../engine/tests/support/filler.rs"]
 mod filler;
-pub use filler::{fill, uniform};
+pub use filler::{fill, uniform, EVAL_CASES};
 
-/// The torchvision parity fixtures' models: (torchvision constructor, width).
-pub const EVAL_CASES: [(&str, f64); 7] = [
-    ("mobilenet_v1", 1.0),
-    ("mobilenet_v2", 1.0),
-    ("mobilenet_v3_large", 1.0),
-    ("mobilenet_v3_small", 1.0),
-    ("mobilenet_v2", 0.5),
-    ("mobilenet_v3_large", 0.5),
-    ("mobilenet_v3_small", 0.5),
-];
 
 /// `model`'s parameter paths and shapes in torchvision's layout (Linear weights [out, in]).
 pub fn torchvision_layout_keys(model: &MobileNet) -> Vec<(String, Vec<usize>)> {

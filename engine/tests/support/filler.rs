@@ -3,6 +3,18 @@
 //! Shared by the engine's tests and the main crate's (tests/common includes this file).
 #![allow(dead_code)]
 
+/// The torchvision parity fixtures' models: (torchvision constructor, width), as in
+/// make_fixtures.py; parity.safetensors holds `{name}_w{width:.1}.logits` for each.
+pub const EVAL_CASES: [(&str, f64); 7] = [
+    ("mobilenet_v1", 1.0),
+    ("mobilenet_v2", 1.0),
+    ("mobilenet_v3_large", 1.0),
+    ("mobilenet_v3_small", 1.0),
+    ("mobilenet_v2", 0.5),
+    ("mobilenet_v3_large", 0.5),
+    ("mobilenet_v3_small", 0.5),
+];
+
 fn fnv1a64(s: &str) -> u64 {
     let mut h: u64 = 0xCBF29CE484222325;
     for b in s.bytes() {

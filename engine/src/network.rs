@@ -610,7 +610,7 @@ impl Workspace {
             .map(|i| match (&net.layers[i], &net.layers[i + 1]) {
                 (Layer::Depthwise { output, .. }, Layer::Pointwise { dense, .. }) => {
                     let g = geoms[*output];
-                    Network::band_rows(&g, dense) * MapGeom { pad: 0, ..g }.row_stride()
+                    Network::band_rows(&g, dense, parts) * MapGeom { pad: 0, ..g }.row_stride()
                 }
                 _ => 0,
             })
@@ -621,7 +621,7 @@ impl Workspace {
             .map(|i| match (&net.layers[i + 1], &net.layers[i + 2]) {
                 (Layer::Depthwise { input, output, kernel, stride, .. }, Layer::Pointwise { dense, .. }) => {
                     let (eg, dg) = (geoms[*input], geoms[*output]);
-                    (Network::band_rows(&dg, dense) - 1) * stride + kernel + eg.pad
+                    (Network::band_rows(&dg, dense, parts) - 1) * stride + kernel + eg.pad
                 }
                 _ => 0,
             } * geoms[match &net.layers[i] {
@@ -756,13 +756,14 @@ impl Network {
     /// depthwise output, so that the band stays in L2 between the two kernels.
     const BAND_BYTES: usize = 96 * 1024;
 
-    fn band_rows(g: &MapGeom, dense: &Dense) -> usize {
+    fn band_rows(g: &MapGeom, dense: &Dense, parts: usize) -> usize {
         // With megabytes of pointwise weights (late layers), a map that fits in L2 is one band:
-        // every band re-reads all the weights.
+        // every band re-reads all the weights. Split over threads, it is one band per thread,
+        // or the other threads would wait.
         if kernels::panel_outer_pays(dense.k, dense.n_pad) && 4 * g.h * g.w * g.c <= kernels::GEMM_PANEL_OUTER_MAX_A_BYTES {
-            return g.h;
+            return g.h.div_ceil(parts);
         }
-        (Self::BAND_BYTES / (4 * g.w * g.c)).clamp(1, g.h)
+        (Self::BAND_BYTES / (4 * g.w * g.c)).clamp(1, g.h.div_ceil(parts))
     }
 
     /// A depthwise conv and the pointwise conv reading it, a band of rows at a time through
@@ -774,7 +775,7 @@ impl Network {
         };
         ws.zero_border(*output);
         let mid_g = ws.geoms[*mid];
-        let rows = Self::band_rows(&mid_g, dense);
+        let rows = Self::band_rows(&mid_g, dense, ws.parts);
         let (og, res) = (ws.geoms[*output], residual.map(|r| (ws.ptr(r), ws.geoms[r])));
         let out = ws.ptr_mut(*output);
         let band_len = ws.band.len() / ws.parts.max(1);
@@ -809,7 +810,7 @@ impl Network {
         let (k, s, p) = (*kernel, *stride, eg.pad);
         debug_assert_eq!(p, (k - 1) / 2, "the ring's map's only reader is this depthwise conv");
         let ers = eg.row_stride();
-        let rows = Self::band_rows(&mid_g, dense);
+        let rows = Self::band_rows(&mid_g, dense, ws.parts);
         let res = residual.map(|r| (SyncPtr(ws.ptr(r) as *mut f32), ws.geoms[r]));
         let out = SyncPtr(ws.ptr_mut(*output));
         let band_len = ws.band.len() / ws.parts;
@@ -827,7 +828,7 @@ impl Network {
             Producer::Pair { dw: pdw, dense } => {
                 let Layer::Depthwise { output: pmid, .. } = pdw else { unreachable!("a pair starts with a depthwise conv") };
                 let mid_g = ws.geoms[*pmid];
-                Ready::Pair { job: pdw.conv_job(ws, std::ptr::null_mut(), mid_g), mid_g, rows: Self::band_rows(&mid_g, dense), dense }
+                Ready::Pair { job: pdw.conv_job(ws, std::ptr::null_mut(), mid_g), mid_g, rows: Self::band_rows(&mid_g, dense, ws.parts), dense }
             }
         };
         let bands = mid_g.h.div_ceil(rows);

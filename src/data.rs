@@ -249,7 +249,7 @@ fn idx_dataset(
     let (n, h, w) = (dims[0], dims[1], dims[2]);
     if label_dims[0] != n {
         return Err(Error::file(
-            &labels_path,
+            labels_path,
             format!("{} labels for {n} images in {}", label_dims[0], images_path.display()),
         ));
     }

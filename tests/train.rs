@@ -282,7 +282,7 @@ fn cifar_binary_batches_load() {
     let record = |label: u8| -> Vec<u8> {
         let mut r = vec![label];
         for c in 0..3u8 {
-            r.extend(std::iter::repeat(label * 10 + c).take(1024));
+            r.extend(std::iter::repeat_n(label * 10 + c, 1024));
         }
         r
     };

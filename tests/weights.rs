@@ -1,4 +1,6 @@
 //! Saving and loading: round trip with metadata, strictness, torchvision files.
+// burn's `slice` takes one range per dimension: `[0..1]` is a one-dimension slice, not a typo.
+#![allow(clippy::single_range_in_vec_init)]
 
 mod common;
 

@@ -24,7 +24,7 @@ impl MapGeom {
     /// window (or a GEMM tile spanning rows) reads at once would then evict each other.
     pub fn row_stride(&self) -> usize {
         let dense = (self.w + 2 * self.pad) * self.c;
-        if dense % 512 == 0 {
+        if dense.is_multiple_of(512) {
             dense + 16
         } else {
             dense
@@ -107,6 +107,8 @@ pub fn pack_gemm_weights(weights: &[f32], n: usize, k: usize, lanes: usize) -> (
 }
 
 /// One register tile: `MR` pixels × `NV` vectors of output channels, over the whole `k`.
+// Indexed loops over const bounds: they unroll, and the accumulators stay in registers.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn gemm_tile<S: Simd, const MR: usize, const NV: usize, const ACT: u8>(
     k: usize,
@@ -309,7 +311,7 @@ impl Conv {
     }
 
     /// The same conv reading its input from a band of bordered rows starting at row `row0`.
-    pub fn from_band(self, input: *const f32, row0: usize) -> Conv {
+    pub fn reading_band(self, input: *const f32, row0: usize) -> Conv {
         Conv { input, in_row0: row0, ..self }
     }
 }

@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 pub use arch::{Activation, Arch, ModelSpec};
 pub use error::{EngineError, Result};
-pub use network::{LayerProfile, TensorSource};
+pub use network::{LayerProfile, NamedTensors, TensorSource};
 use network::{Network, Workspace};
 pub use simd::Isa;
 
@@ -160,7 +160,7 @@ impl Engine {
 
     /// Builds from tensors in torchvision's layout and keys (`[out, in, kh, kw]` convs,
     /// `[out, in]` Linears, BatchNorm weight/bias/running_mean/running_var).
-    pub fn from_tensors(spec: &ModelSpec, tensors: HashMap<String, (Vec<usize>, Vec<f32>)>, options: EngineOptions) -> Result<Engine> {
+    pub fn from_tensors(spec: &ModelSpec, tensors: NamedTensors, options: EngineOptions) -> Result<Engine> {
         Self::from_source(spec, &mut TensorSource::new(tensors), options)
     }
 
@@ -260,7 +260,7 @@ impl Engine {
 }
 
 /// Reads every f32 tensor of a safetensors file and its `mobilenet.config`, if any.
-pub fn read_safetensors(path: &Path) -> Result<(Option<ModelSpec>, HashMap<String, (Vec<usize>, Vec<f32>)>)> {
+pub fn read_safetensors(path: &Path) -> Result<(Option<ModelSpec>, NamedTensors)> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::file(path, format!("cannot read: {e}")))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| EngineError::file(path, format!("not a safetensors file or truncated: {e}")))?;

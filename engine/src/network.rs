@@ -12,16 +12,19 @@ use crate::error::{EngineError, Result};
 use crate::kernels::{self, MapGeom};
 use crate::simd::{pad_channels, Isa};
 
+/// f32 tensors by name: (shape, values), as read from a checkpoint.
+pub type NamedTensors = HashMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Where the engine gets tensors from: torchvision's layout and keys, f32.
 pub struct TensorSource {
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: NamedTensors,
     used: BTreeSet<String>,
     /// When set, every requested tensor is made up (for benchmarks): a seed.
     random: Option<u64>,
 }
 
 impl TensorSource {
-    pub fn new(tensors: HashMap<String, (Vec<usize>, Vec<f32>)>) -> Self {
+    pub fn new(tensors: NamedTensors) -> Self {
         Self { tensors, used: BTreeSet::new(), random: None }
     }
 
@@ -243,6 +246,7 @@ impl Builder<'_> {
     }
 
     /// torchvision's `Conv2dNormActivation` at `prefix` (`prefix.0` conv, `prefix.1` BN).
+    #[allow(clippy::too_many_arguments)]
     fn conv_norm_act(&mut self, prefix: &str, input: usize, cout: usize, kernel: usize, stride: usize, depthwise: bool, act: Option<Activation>) -> Result<usize> {
         self.conv(&format!("{prefix}.0"), &format!("{prefix}.1"), input, cout, kernel, stride, depthwise, act, None)
     }
@@ -892,7 +896,7 @@ impl Network {
                     }
                 }
                 held = Some((r0, r1));
-                self.depthwise_then_project(job.from_band(ebuf, r0), band, mid_g, (y0, y1), dense, out, og, res);
+                self.depthwise_then_project(job.reading_band(ebuf, r0), band, mid_g, (y0, y1), dense, out, og, res);
             }
         });
     }
@@ -1001,8 +1005,8 @@ impl Network {
                 self.run_group(i, ws);
                 in_network[i].push(t.elapsed().as_secs_f64() * 1e3);
                 let n = self.group_len(i);
-                for j in i + 1..i + n {
-                    in_network[j].push(0.0);
+                for times in &mut in_network[i + 1..i + n] {
+                    times.push(0.0);
                 }
                 i += n;
             }
@@ -1161,7 +1165,7 @@ mod tests {
     /// Runs the layers `build` adds on `input`, returning map `out` as CHW.
     fn run(
         isa: Isa,
-        tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+        tensors: NamedTensors,
         input: &Chw,
         build: impl FnOnce(&mut Builder) -> usize,
     ) -> Chw {

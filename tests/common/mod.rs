@@ -11,6 +11,8 @@ use mobilenet::{weights, MobileNet};
 
 #[path = "../../engine/tests/support/filler.rs"]
 mod filler;
+// Each test crate that includes this module uses a different part of it.
+#[allow(unused_imports)]
 pub use filler::{fill, uniform, EVAL_CASES};
 
 

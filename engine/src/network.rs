@@ -151,9 +151,7 @@ impl Dense {
         let (packed, n_pad) = kernels::pack_gemm_weights(weights, n, k, lanes);
         Self { k, n_pad, packed: Buffer::from_slice(&packed), bias: padded(bias, n_pad), act }
     }
-}
 
-impl Dense {
     /// The GEMM job `c = act(a · W + bias) (+ res)` over the maps `a` and `c` (and `res`).
     fn job(&self, a: *const f32, a_geom: MapGeom, c: *mut f32, c_geom: MapGeom, res: Option<(*const f32, MapGeom)>) -> kernels::Gemm {
         kernels::Gemm {
@@ -561,11 +559,9 @@ impl Workspace {
         let mut last_use = vec![0usize; geoms.len()];
         // Layers in a fused group run interleaved: every read lasts until the group's end.
         let mut group_end = vec![0usize; net.layers.len()];
-        let mut g = 0;
-        while g < net.layers.len() {
+        for g in net.group_starts() {
             let n = net.group_len(g);
             group_end[g..g + n].fill(g + n);
-            g += n;
         }
         for (i, layer) in net.layers.iter().enumerate() {
             let (reads, writes): (Vec<usize>, Option<usize>) = match layer {
@@ -696,10 +692,8 @@ impl Network {
     /// Every layer on one NCHW image; the maps stay in `ws`.
     fn run_layers(&self, ws: &mut Workspace, image: &[f32]) {
         self.load_image(ws, image);
-        let mut i = 0;
-        while i < self.layers.len() {
+        for i in self.group_starts() {
             self.run_group(i, ws);
-            i += self.group_len(i);
         }
     }
 
@@ -725,6 +719,12 @@ impl Network {
                 }
             }
         }
+    }
+
+    /// The first layer of each group that runs together, in order.
+    fn group_starts(&self) -> impl Iterator<Item = usize> + '_ {
+        let len = self.layers.len();
+        std::iter::successors((len > 0).then_some(0), move |&i| Some(i + self.group_len(i)).filter(|&next| next < len))
     }
 
     /// How many layers run together starting at layer `i` (fused triples and pairs).
@@ -782,7 +782,7 @@ impl Network {
         let rows = Self::band_rows(&mid_g, dense, ws.parts);
         let (og, res) = (ws.geoms[*output], residual.map(|r| (ws.ptr(r), ws.geoms[r])));
         let out = ws.ptr_mut(*output);
-        let band_len = ws.band.len() / ws.parts.max(1);
+        let band_len = ws.band.len() / ws.parts;
         let band_base = SyncPtr(ws.band.as_mut_ptr());
         let (out, res) = (SyncPtr(out), res.map(|(p, g)| (SyncPtr(p as *mut f32), g)));
         let job = dw.conv_job(ws, std::ptr::null_mut(), mid_g);
@@ -999,16 +999,13 @@ impl Network {
         for _ in 0..runs.max(1) {
             self.run_layers(ws, image);
             outside[0].1.push(timed(&mut || self.load_image(ws, image)));
-            let mut i = 0;
-            while i < self.layers.len() {
+            for i in self.group_starts() {
                 let t = std::time::Instant::now();
                 self.run_group(i, ws);
                 in_network[i].push(t.elapsed().as_secs_f64() * 1e3);
-                let n = self.group_len(i);
-                for times in &mut in_network[i + 1..i + n] {
+                for times in &mut in_network[i + 1..i + self.group_len(i)] {
                     times.push(0.0);
                 }
-                i += n;
             }
             outside[1].1.push(timed(&mut || unsafe { kernels::mean_pool(self.isa, ws.ptr(self.features), fg, pooled.as_mut_ptr()) }));
             outside[2].1.push(timed(&mut || self.head(&pooled, 1, &mut logits)));
@@ -1023,10 +1020,8 @@ impl Network {
             v[v.len() / 2]
         };
         let mut group_start = vec![false; self.layers.len()];
-        let mut i = 0;
-        while i < self.layers.len() {
+        for i in self.group_starts() {
             group_start[i] = true;
-            i += self.group_len(i);
         }
         let mut out = Vec::new();
         for (index, layer) in self.layers.iter().enumerate() {
@@ -1153,7 +1148,7 @@ mod tests {
         Bn { gamma: rng.vec(c, 1.5), beta: rng.vec(c, 1.0), mean: rng.vec(c, 0.5), var: (0..c).map(|_| rng.uniform(0.2, 2.0)).collect() }
     }
 
-    fn insert_conv_bn(t: &mut HashMap<String, (Vec<usize>, Vec<f32>)>, p: &str, w: &[f32], shape: Vec<usize>, bn: &Bn) {
+    fn insert_conv_bn(t: &mut NamedTensors, p: &str, w: &[f32], shape: Vec<usize>, bn: &Bn) {
         let c = bn.gamma.len();
         t.insert(format!("{p}.0.weight"), (shape, w.to_vec()));
         t.insert(format!("{p}.1.weight"), (vec![c], bn.gamma.clone()));

@@ -12,7 +12,7 @@ mod support {
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use mobilenet_engine::{read_safetensors, Arch, Engine, EngineOptions, Images, Isa, ModelSpec};
+use mobilenet_engine::{read_safetensors, Arch, Engine, EngineOptions, Images, Isa, ModelSpec, NamedTensors};
 use support::filler::{fill, uniform, EVAL_CASES};
 
 fn fixture(name: &str) -> PathBuf {
@@ -29,7 +29,7 @@ fn engine_alone_matches_torchvision_on_parity_fixtures() {
     let images = Images::from_shape(&input, &shape).unwrap();
     for (arch, width) in EVAL_CASES {
         let name = format!("{arch}_w{width:.1}");
-        let tensors: HashMap<String, (Vec<usize>, Vec<f32>)> =
+        let tensors: NamedTensors =
             keys[&name].iter().map(|(k, s)| (k.clone(), (s.clone(), fill(k, s)))).collect();
         let spec = ModelSpec::new(arch.parse::<Arch>().unwrap()).with_width_mult(width);
         let (want_shape, want) = &parity[&format!("{name}.logits")];

@@ -15,7 +15,6 @@ mod filler;
 #[allow(unused_imports)]
 pub use filler::{fill, uniform, EVAL_CASES};
 
-
 /// `model`'s parameter paths and shapes in torchvision's layout (Linear weights [out, in]).
 pub fn torchvision_layout_keys(model: &MobileNet) -> Vec<(String, Vec<usize>)> {
     mobilenet::sequential::parameter_paths(model)

@@ -1,5 +1,5 @@
 //! Training-step microbenchmark (no data pipeline): forward, backward and optimizer step timed
-//! separately. Its torch twin is tools/torch_step_bench.py; tools/bench_train_step.sh runs both.
+//! separately. Its torch twin is tools/bench/torch_step_bench.py; tools/bench/bench_train_step.sh runs both.
 //! Usage: cargo run --release --example train_step -- [MODEL] [SIZE] [BATCH] [STEPS]
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 //!
 //! `assets/imagenet_classes.txt` holds torchvision's category names
 //! (`MobileNet_V2_Weights.IMAGENET1K_V1.meta["categories"]`), written by
-//! `tools/make_predict_fixtures.py`. They are the first synonym of each line of OpenCV's
+//! `tools/fixtures/make_predict_fixtures.py`. They are the first synonym of each line of OpenCV's
 //! `classification_classes_ILSVRC2012.txt` except 134 "crane bird" and 639 "maillot tank suit",
 //! where torchvision disambiguates a name that occurs twice ("crane", "maillot").
 

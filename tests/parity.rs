@@ -1,4 +1,4 @@
-//! Numerical parity with torchvision (fixtures from tools/make_fixtures.py).
+//! Numerical parity with torchvision (fixtures from tools/fixtures/make_fixtures.py).
 
 mod common;
 

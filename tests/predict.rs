@@ -1,6 +1,6 @@
 //! Pretrained ImageNet classification end to end: our preprocessing against torchvision's eval
 //! transform on real photos, torchvision's MobileNetV2 weights giving torchvision's top-5, and
-//! the `predict`/`import` commands. Expected values come from tools/make_predict_fixtures.py.
+//! the `predict`/`import` commands. Expected values come from tools/fixtures/make_predict_fixtures.py.
 
 mod common;
 
@@ -32,14 +32,14 @@ fn mobilenet(args: &[&str]) -> (bool, String, String) {
 }
 
 /// torchvision's real MobileNetV2 weights, or `None` (with the reason on stderr) when
-/// tools/fetch_weights.sh has not been run. CI runs it, so there these tests really run.
+/// tools/setup/fetch_weights.sh has not been run. CI runs it, so there these tests really run.
 fn pretrained() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(PRETRAINED);
     if path.is_file() {
         return Some(path);
     }
     eprintln!(
-        "SKIPPED: {PRETRAINED} is absent; run `bash tools/fetch_weights.sh` to test against the real ImageNet weights"
+        "SKIPPED: {PRETRAINED} is absent; run `bash tools/setup/fetch_weights.sh` to test against the real ImageNet weights"
     );
     None
 }

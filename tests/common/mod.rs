@@ -1,4 +1,4 @@
-//! Shared test helpers: the deterministic tensor generator mirrored from tools/make_fixtures.py,
+//! Shared test helpers: the deterministic tensor generator mirrored from tools/fixtures/make_fixtures.py,
 //! fixture access, and comparisons.
 #![allow(dead_code)]
 

@@ -1,4 +1,4 @@
-//! The deterministic tensor filler mirrored from tools/make_fixtures.py: the parity fixtures'
+//! The deterministic tensor filler mirrored from tools/fixtures/make_fixtures.py: the parity fixtures'
 //! inputs and weights are these numbers, so tests regenerate them instead of storing them.
 //! Shared by the engine's tests and the main crate's (tests/common includes this file).
 #![allow(dead_code)]

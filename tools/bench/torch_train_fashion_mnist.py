@@ -10,7 +10,7 @@ default, on the same data and augmentation:
     (rank-1 tensors), label smoothing 0.1, batch 128, cosine schedule after a 1-epoch linear
     warmup from 0.01·lr (per iteration), dropout 0.2, BN as torchvision (V3: eps 1e-3, momentum 0.01).
 
-Usage: python3 tools/torch_train_fashion_mnist.py --model mobilenet_v3_small --epochs 10 [--threads 2]
+Usage: python3 tools/bench/torch_train_fashion_mnist.py --model mobilenet_v3_small --epochs 10 [--threads 2]
 Prints one line per epoch and a final JSON line.
 """
 import argparse, gzip, json, math, os, struct, sys, time

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """torch twin of examples/train_step.rs: forward, backward and SGD step of a torchvision
 MobileNet on random data, medians over STEPS steps after 3 warm-up steps.
-Usage: python3 tools/torch_step_bench.py [MODEL] [SIZE] [BATCH] [STEPS] [THREADS]"""
+Usage: python3 tools/bench/torch_step_bench.py [MODEL] [SIZE] [BATCH] [STEPS] [THREADS]"""
 import sys, time
 import torch, torch.nn.functional as F, torchvision
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the V3 validation-loss mystery and its fixes on the embedded Fashion-MNIST subset
 # (docs/batchnorm-lag.md). Each run: 10 epochs, default recipe (SGD Nesterov, lr 0.1, cosine).
-# Usage: bash tools/bn_lag_experiment.sh [OUT_DIR]     (about 15 minutes on 2 cores)
+# Usage: bash tools/experiments/bn_lag_experiment.sh [OUT_DIR]     (about 15 minutes on 2 cores)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 out=${1:-runs/bn-lag}
 mkdir -p "$out"
 bin=target/release/mobilenet

@@ -7,7 +7,7 @@ by default needs nothing else, `--exporter dynamo` also needs onnxscript).
 
 For every model (MobileNetV1, V2, V3-Large, V3-Small at width 1.0, 1000 classes):
   1. builds the torch model from a seeded random init (torchvision's constructors; V1 is the class
-     in tools/make_fixtures.py), randomises every BatchNorm's running stats and affine parameters
+     in tools/fixtures/make_fixtures.py), randomises every BatchNorm's running stats and affine parameters
      a little, and switches to eval mode;
   2. writes the weights as our binary reads them (safetensors state_dict + `mobilenet.config`
      metadata) and exports an ONNX graph per batch size (static shape, constant folding);
@@ -23,8 +23,8 @@ default; on a loaded machine spinning can make ORT ~2x slower at T = 2, so bench
 (i % 251) / 125 - 1, which is what `mobilenet bench` feeds itself.
 
 Example (the default run, ~5-10 minutes):
-  python3 tools/bench_engine_vs_ort.py
-  python3 tools/bench_engine_vs_ort.py --bin target/release/mobilenet-engine --seconds 0.5 --rounds 1
+  python3 tools/bench/bench_engine_vs_ort.py
+  python3 tools/bench/bench_engine_vs_ort.py --bin target/release/mobilenet-engine --seconds 0.5 --rounds 1
 Prints progress, then a markdown block for docs/BENCHMARKS.md; --json FILE also saves the raw data.
 """
 import argparse
@@ -49,8 +49,8 @@ import torchvision
 from safetensors.torch import save_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tools", "fixtures"))
 from make_fixtures import MobileNetV1  # noqa: E402  (the V1 with our key layout)
 
 import onnxruntime as ort  # noqa: E402

@@ -16,7 +16,9 @@ pub enum EngineError {
     UnexpectedTensors { count: usize, example: String },
     #[error("input: {0}")]
     Input(String),
-    #[error("invalid model spec: {0}")]
+    #[error("wrong input shape {found:?}: expected {expected}")]
+    InputShape { found: Vec<usize>, expected: String },
+    #[error("invalid model configuration: {0}")]
     Spec(String),
 }
 

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-pub use arch::{Activation, Arch, ModelSpec};
+pub use arch::{Activation, Arch, ModelSpec, Plan, MIN_INPUT_SIZE};
 pub use error::{EngineError, Result};
 pub use network::{LayerProfile, NamedTensors, TensorSource};
 use network::{Network, Workspace};

@@ -7,7 +7,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::buffer::Buffer;
-use crate::arch::{self, Activation, Arch, ModelSpec};
+use crate::arch::{Activation, BlockLayer, ConvLayer, HeadLayer, LinearLayer, ModelSpec, Plan, SqueezeExcite, Stage};
 use crate::error::{EngineError, Result};
 use crate::kernels::{self, MapGeom};
 use crate::simd::{pad_channels, Isa};
@@ -243,17 +243,15 @@ impl Builder<'_> {
         Ok((weights, bias))
     }
 
-    /// torchvision's `Conv2dNormActivation` at `prefix` (`prefix.0` conv, `prefix.1` BN).
-    #[allow(clippy::too_many_arguments)]
-    fn conv_norm_act(&mut self, prefix: &str, input: usize, cout: usize, kernel: usize, stride: usize, depthwise: bool, act: Option<Activation>) -> Result<usize> {
-        self.conv(&format!("{prefix}.0"), &format!("{prefix}.1"), input, cout, kernel, stride, depthwise, act, None)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn conv(&mut self, conv: &str, bn: &str, input: usize, cout: usize, kernel: usize, stride: usize, depthwise: bool, act: Option<Activation>, residual: Option<usize>) -> Result<usize> {
+    /// One conv of the plan reading map `input`, with its residual map if it ends a block that
+    /// adds its input.
+    fn conv(&mut self, layer: &ConvLayer, input: usize, residual: Option<usize>) -> Result<usize> {
+        let (conv, bn) = (layer.conv_key.as_str(), layer.norm_key.as_str());
+        let (cout, kernel, stride) = (layer.out_channels, layer.kernel, layer.stride);
         let cin = self.maps[input].channels;
-        let act = act_code(act);
-        if depthwise {
+        debug_assert_eq!(cin, layer.in_channels, "{conv}: the plan's channels");
+        let act = act_code(layer.activation);
+        if layer.is_depthwise() {
             let (w, b) = self.conv_bn(conv, bn, cout, 1, kernel)?;
             let output = self.new_map(cout);
             let c_pad = self.maps[output].stride_c;
@@ -299,7 +297,8 @@ impl Builder<'_> {
     }
 
     /// torchvision's `SqueezeExcitation` at `prefix` (`fc1`, `fc2`: 1x1 convs with bias).
-    fn squeeze_excite(&mut self, prefix: &str, map: usize, squeeze: usize) -> Result<()> {
+    fn squeeze_excite(&mut self, se: &SqueezeExcite, map: usize) -> Result<()> {
+        let (prefix, squeeze) = (se.key.as_str(), se.squeeze_channels);
         let channels = self.maps[map].channels;
         let c_pad = self.maps[map].stride_c;
         let squeeze_pad = pad_channels(squeeze);
@@ -329,7 +328,8 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn linear(&mut self, prefix: &str, n: usize, k: usize, act: Option<Activation>) -> Result<Dense> {
+    fn linear(&mut self, linear: &LinearLayer, act: Option<Activation>) -> Result<Dense> {
+        let (prefix, n, k) = (&linear.key, linear.out_features, linear.in_features);
         let w = self.src.take(&format!("{prefix}.weight"), &[n, k])?;
         let b = self.src.take(&format!("{prefix}.bias"), &[n])?;
         Ok(Dense::new(&w, &b, n, k, act_code(act), self.lanes))
@@ -371,93 +371,45 @@ impl Network {
         Network { spec, isa, maps, layers, features, head, fuse, fuse3, chain }
     }
 
+    /// Lowers the resolved plan of `spec`: one engine layer per conv (BatchNorm folded), one per
+    /// squeeze-excite, a block's residual added in its last conv's store, and the classifier's
+    /// activation fused into the Linear before it.
     pub fn build(spec: &ModelSpec, src: &mut TensorSource, isa: Isa) -> Result<Network> {
-        if spec.num_classes == 0 {
-            return Err(EngineError::Spec("num_classes must be at least 1".into()));
-        }
-        if !(spec.width_mult.is_finite() && spec.width_mult > 0.0 && spec.width_mult <= 8.0) {
-            return Err(EngineError::Spec(format!("width_mult must be in (0, 8], got {}", spec.width_mult)));
-        }
+        let plan = Plan::new(spec)?;
         let mut b = Builder { src, eps: spec.norm_eps, lanes: isa.lanes(), maps: Vec::new(), layers: Vec::new() };
         b.maps.push(MapInfo { channels: 3, stride_c: 3, pad: 0 });
-        let width = spec.width_mult;
-        let (features, head) = match spec.arch {
-            Arch::V1 => {
-                let act = Some(spec.v1_activation);
-                let mut x = b.conv_norm_act("features.0", 0, arch::scale_channels(arch::V1_STEM_CHANNELS, width), 3, 2, false, act)?;
-                for (i, &(out, stride)) in arch::V1_BLOCKS.iter().enumerate() {
-                    let c = b.maps[x].channels;
-                    x = b.conv_norm_act(&format!("features.{}.0", i + 1), x, c, 3, stride, true, act)?;
-                    x = b.conv_norm_act(&format!("features.{}.1", i + 1), x, arch::scale_channels(out, width), 1, 1, false, act)?;
-                }
-                let c = b.maps[x].channels;
-                (x, vec![b.linear("classifier.1", spec.num_classes, c, None)?])
-            }
-            Arch::V2 => {
-                let act = Some(Activation::Relu6);
-                let mut x = b.conv_norm_act("features.0", 0, arch::scale_channels(arch::V2_STEM_CHANNELS, width), 3, 2, false, act)?;
-                let mut index = 1;
-                for [t, c, n, s] in arch::V2_INVERTED_RESIDUAL_SETTING {
-                    let out = arch::scale_channels(c, width);
-                    for i in 0..n {
-                        let stride = if i == 0 { s } else { 1 };
-                        let input = x;
-                        let inp = b.maps[input].channels;
-                        let p = format!("features.{index}.conv");
-                        let mut j = 0;
-                        if t != 1 {
-                            x = b.conv_norm_act(&format!("{p}.0"), x, inp * t, 1, 1, false, act)?;
-                            j += 1;
-                        }
-                        x = b.conv_norm_act(&format!("{p}.{j}"), x, inp * t, 3, stride, true, act)?;
-                        let residual = (stride == 1 && inp == out).then_some(input);
-                        x = b.conv(&format!("{p}.{}", j + 1), &format!("{p}.{}", j + 2), x, out, 1, 1, false, None, residual)?;
-                        index += 1;
-                    }
-                }
-                let last = arch::make_divisible(arch::V2_LAST_CHANNELS as f64 * width.max(1.0), 8);
-                x = b.conv_norm_act(&format!("features.{index}"), x, last, 1, 1, false, act)?;
-                (x, vec![b.linear("classifier.1", spec.num_classes, last, None)?])
-            }
-            Arch::V3Large | Arch::V3Small => {
-                let (table, last): (&[arch::BneckConfig], usize) = if spec.arch == Arch::V3Small {
-                    (&arch::V3_SMALL_BNECK, arch::V3_SMALL_LAST_CHANNELS)
-                } else {
-                    (&arch::V3_LARGE_BNECK, arch::V3_LARGE_LAST_CHANNELS)
-                };
-                let rows: Vec<_> = table.iter().map(|r| r.scaled(width)).collect();
-                let hs = Some(Activation::Hardswish);
-                let mut x = b.conv_norm_act("features.0", 0, rows[0].input_channels, 3, 2, false, hs)?;
-                for (i, row) in rows.iter().enumerate() {
+        let mut x = 0;
+        for stage in &plan.features {
+            match stage {
+                Stage::Conv(conv) => x = b.conv(conv, x, None)?,
+                Stage::Block(block) => {
                     let input = x;
-                    let p = format!("features.{}.block", i + 1);
-                    let act = Some(row.activation);
-                    let mut j = 0;
-                    if row.expanded_channels != row.input_channels {
-                        x = b.conv_norm_act(&format!("{p}.0"), x, row.expanded_channels, 1, 1, false, act)?;
-                        j += 1;
+                    let last = block.layers.len() - 1;
+                    for (i, layer) in block.layers.iter().enumerate() {
+                        match layer {
+                            BlockLayer::Conv(conv) => {
+                                let residual = (block.residual && i == last).then_some(input);
+                                x = b.conv(conv, x, residual)?;
+                            }
+                            BlockLayer::SqueezeExcite(se) => b.squeeze_excite(se, x)?,
+                        }
                     }
-                    x = b.conv_norm_act(&format!("{p}.{j}"), x, row.expanded_channels, row.kernel, row.stride, true, act)?;
-                    j += 1;
-                    if row.use_se {
-                        b.squeeze_excite(&format!("{p}.{j}"), x, row.squeeze_channels())?;
-                        j += 1;
-                    }
-                    let residual = (row.stride == 1 && row.input_channels == row.out_channels).then_some(input);
-                    x = b.conv(&format!("{p}.{j}.0"), &format!("{p}.{j}.1"), x, row.out_channels, 1, 1, false, None, residual)?;
                 }
-                let last_in = b.maps[x].channels;
-                x = b.conv_norm_act(&format!("features.{}", rows.len() + 1), x, 6 * last_in, 1, 1, false, hs)?;
-                let hidden = arch::scale_channels(last, width);
-                let head = vec![
-                    b.linear("classifier.0", hidden, 6 * last_in, hs)?,
-                    b.linear("classifier.3", spec.num_classes, hidden, None)?,
-                ];
-                (x, head)
             }
-        };
+        }
+        let mut head: Vec<Dense> = Vec::new();
+        let mut linears = plan.classifier.iter().peekable();
+        while let Some(layer) = linears.next() {
+            if let HeadLayer::Linear(linear) = layer {
+                let act = match linears.peek() {
+                    Some(HeadLayer::Activation { activation, .. }) => Some(*activation),
+                    _ => None,
+                };
+                head.push(b.linear(linear, act)?);
+            }
+        }
         b.src.finish()?;
-        Ok(Network::new(*spec, isa, b.maps, b.layers, features, head))
+        Ok(Network::new(*spec, isa, b.maps, b.layers, x, head))
     }
 
     /// Every map's geometry for an `h` x `w` input.
@@ -1111,6 +1063,7 @@ impl Network {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::Arch;
     use crate::reference::{self, Chw};
 
     /// splitmix64: reproducible without a dependency.
@@ -1187,6 +1140,20 @@ mod tests {
         Chw { c, h: g.h, w: g.w, data }
     }
 
+    /// A conv-BN-act at `prefix` (`prefix.0`, `prefix.1`), as the plan describes one.
+    fn conv_layer(prefix: &str, cin: usize, cout: usize, kernel: usize, stride: usize, depthwise: bool, activation: Option<Activation>) -> ConvLayer {
+        ConvLayer {
+            conv_key: format!("{prefix}.0"),
+            norm_key: format!("{prefix}.1"),
+            in_channels: cin,
+            out_channels: cout,
+            kernel,
+            stride,
+            groups: if depthwise { cin } else { 1 },
+            activation,
+        }
+    }
+
     fn src_finish(src: &TensorSource) {
         src.finish().expect("every tensor used");
     }
@@ -1221,7 +1188,7 @@ mod tests {
                 }
                 let mut t = HashMap::new();
                 insert_conv_bn(&mut t, "pw", &wts, vec![cout, cin, 1, 1], &bn);
-                let ours = run(isa, t, &x, |b| b.conv("pw.0", "pw.1", 0, cout, 1, 1, false, act, residual.then_some(0)).unwrap());
+                let ours = run(isa, t, &x, |b| b.conv(&conv_layer("pw", cin, cout, 1, 1, false, act), 0, residual.then_some(0)).unwrap());
                 assert_close(&ours, &want, &format!("{isa} pointwise {cin}->{cout} {h}x{w} {act:?} residual {residual}"));
             }
         }
@@ -1243,7 +1210,7 @@ mod tests {
                 let want = reference::conv_bn_act(&x, &wts, c, kernel, stride, c, (&bn.gamma, &bn.beta, &bn.mean, &bn.var, 1e-3), act);
                 let mut t = HashMap::new();
                 insert_conv_bn(&mut t, "dw", &wts, vec![c, 1, kernel, kernel], &bn);
-                let ours = run(isa, t, &x, |b| b.conv_norm_act("dw", 0, c, kernel, stride, true, act).unwrap());
+                let ours = run(isa, t, &x, |b| b.conv(&conv_layer("dw", c, c, kernel, stride, true, act), 0, None).unwrap());
                 assert_close(&ours, &want, &format!("{isa} depthwise c{c} k{kernel} s{stride} {h}x{w} {act:?}"));
             }
         }
@@ -1264,7 +1231,7 @@ mod tests {
                 let want = reference::conv_bn_act(&x, &wts, cout, 3, stride, 1, (&bn.gamma, &bn.beta, &bn.mean, &bn.var, 1e-3), act);
                 let mut t = HashMap::new();
                 insert_conv_bn(&mut t, "stem", &wts, vec![cout, cin, 3, 3], &bn);
-                let ours = run(isa, t, &x, |b| b.conv_norm_act("stem", 0, cout, 3, stride, false, act).unwrap());
+                let ours = run(isa, t, &x, |b| b.conv(&conv_layer("stem", cin, cout, 3, stride, false, act), 0, None).unwrap());
                 assert_close(&ours, &want, &format!("{isa} stem {cin}->{cout} s{stride} {h}x{w} {act:?}"));
             }
         }
@@ -1286,7 +1253,7 @@ mod tests {
                 t.insert("se.fc2.weight".into(), (vec![c, s, 1, 1], w2));
                 t.insert("se.fc2.bias".into(), (vec![c], b2));
                 let ours = run(isa, t, &x, |b| {
-                    b.squeeze_excite("se", 0, s).unwrap();
+                    b.squeeze_excite(&SqueezeExcite { key: "se".into(), channels: c, squeeze_channels: s }, 0).unwrap();
                     0
                 });
                 assert_close(&ours, &want, &format!("{isa} squeeze-excite c{c} s{s} {h}x{w}"));
@@ -1311,7 +1278,8 @@ mod tests {
                 let mut src = TensorSource::new(t);
                 let mut b = Builder { src: &mut src, eps: 1e-3, lanes: isa.lanes(), maps: Vec::new(), layers: Vec::new() };
                 b.maps.push(MapInfo { channels: c, stride_c: pad_channels(c), pad: 0 });
-                let head = vec![b.linear("h.0", hidden, c, act).unwrap(), b.linear("h.1", classes, hidden, None).unwrap()];
+                let linear = |key: &str, in_features, out_features| LinearLayer { key: key.into(), in_features, out_features };
+                let head = vec![b.linear(&linear("h.0", c, hidden), act).unwrap(), b.linear(&linear("h.1", hidden, classes), None).unwrap()];
                 let spec = ModelSpec::new(Arch::V1).with_num_classes(classes);
                 let net = Network::new(spec, isa, b.maps, Vec::new(), 0, head);
                 let mut ws = Workspace::new(&net, h, w);

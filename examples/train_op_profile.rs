@@ -3,8 +3,8 @@
 //! `examples/train_step.rs`, which times the whole step.
 //! Usage: cargo run --release --example train_op_profile -- [MODEL] [SIZE] [BATCH] [REPEATS]
 use burn::tensor::Device;
-use mobilenet::summary::ShapeTrace;
-use mobilenet::{MobileNet, ModelConfig};
+use mobilenet::training::op_profile::profile_ops;
+use mobilenet::ModelConfig;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -13,9 +13,8 @@ fn main() -> anyhow::Result<()> {
     let batch: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(128);
     let repeats: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let device = Device::flex().autodiff();
-    let model = MobileNet::new(&ModelConfig::new(arch).with_num_classes(10), &device)?.train_mode();
-    let trace = model.trace_with(ShapeTrace::with_op_timer([3, size, size], batch, repeats, &device));
-    let times = trace.timer.expect("timer").times;
+    let plan = ModelConfig::new(arch).with_num_classes(10).plan()?;
+    let times = profile_ops(&plan, size, batch, repeats, &device);
     let mut kinds: Vec<(String, f64, f64, usize)> = Vec::new();
     for t in &times {
         match kinds.iter_mut().find(|k| k.0 == t.kind) {

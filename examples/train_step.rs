@@ -4,8 +4,8 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use mobilenet::evaluate::cross_entropy;
-use mobilenet::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use mobilenet::training::evaluate::cross_entropy;
+use mobilenet::training::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use mobilenet::{MobileNet, ModelConfig};
 
 fn main() -> anyhow::Result<()> {
@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         let t2 = Instant::now();
         let (next, _) = optimizer.step(model, &grads, 0.1, |_| true);
         model = next;
-        let _ = mobilenet::params::collect(&model).values().next().map(|f| f.value.clone().into_data());
+        let _ = mobilenet::io::params::collect(&model).values().next().map(|f| f.value.clone().into_data());
         let t3 = Instant::now();
         if step >= 3 {
             fwd.push((t1 - t0).as_secs_f64());

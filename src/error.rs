@@ -9,9 +9,10 @@ pub enum Error {
     #[error("invalid model configuration: {0}")]
     InvalidConfig(String),
 
-    /// From the CPU inference engine; the message names the file or input at fault.
-    #[error("{0}")]
-    Engine(String),
+    /// From the engine crate: its spec validation, weight lowering and kernels. The message
+    /// names the file, tensor or input at fault.
+    #[error(transparent)]
+    Engine(#[from] mobilenet_engine::EngineError),
 
     #[error("{path}: file not found")]
     NotFound { path: PathBuf },

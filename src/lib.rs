@@ -2,7 +2,8 @@
 //!
 //! MobileNet V1, V2, V3-Large and V3-Small on [burn](https://burn.dev), faithful to the papers
 //! and weight-compatible with torchvision: module paths equal torchvision's `state_dict` keys,
-//! so `.pth` and safetensors checkpoints load directly.
+//! so `.pth` and safetensors checkpoints load directly. The CPU inference engine (and the
+//! architecture plan every consumer builds from) is the `mobilenet-engine` crate.
 //!
 //! ```no_run
 //! use mobilenet::{Arch, MobileNet, ModelConfig};
@@ -13,42 +14,31 @@
 //! assert_eq!(logits.dims(), [1, 10]);
 //! ```
 //!
-//! Where things live: [`blocks`] (conv-BN-act, separable, inverted residuals, SE),
-//! [`v1`], [`v2`], [`v3`] (one model each, its table at the top), [`zoo`] (names, config, the
-//! common [`MobileNet`] API), [`weights`] (load/save), [`summary`] (layer table, params, MACs),
-//! [`sequential`] (how module paths become torchvision keys), [`tensor_io`] (safetensors
-//! tensors in and out), [`preprocess`] (image loading, torchvision's eval transform),
-//! [`labels`] (class names), [`predict`] (classifying image files), [`cli`].
+//! Where things live:
+//! - [`models`]: the burn models, built from the engine crate's resolved plan: blocks, V1, V2,
+//!   V3, the common [`MobileNet`] API, key numbering ([`models::sequential`]), the layer table
+//!   ([`models::summary`]).
+//! - [`io`]: weights in and out (`.pth`, safetensors), tensors by path, atomic writes.
+//! - [`data`]: data sets (embedded, IDX, CIFAR, image folders), augmentation, the batch loader,
+//!   torchvision's eval preprocessing, class labels.
+//! - [`training`]: run configuration and metrics, the loop, checkpoints, optimizers, schedules,
+//!   evaluation and BatchNorm recalibration, training curves, the per-op profile.
+//! - [`inference`]: the backend choice (engine or burn) and classifying image files.
+//! - `cli` (the `mobilenet` binary's commands; not part of the library API) and [`error`].
 
-pub mod augment;
-pub mod blocks;
-pub mod chart;
-pub mod checkpoint;
-pub mod cli;
-pub mod cli_train;
+pub(crate) mod cli;
 pub mod data;
-pub mod engine;
 pub mod error;
-pub mod evaluate;
-pub mod labels;
-pub mod loader;
-pub mod predict;
-pub mod preprocess;
-pub mod optim;
-pub mod params;
-pub mod schedule;
-pub mod sequential;
-pub mod summary;
-pub mod tensor_io;
-pub mod train;
-pub mod v1;
-pub mod v2;
-pub mod v3;
-pub mod weights;
-pub mod zoo;
+pub mod inference;
+pub mod io;
+pub mod models;
+pub mod training;
 
 pub use error::{Error, Result};
-pub use v1::MobileNetV1;
-pub use v2::MobileNetV2;
-pub use v3::MobileNetV3;
-pub use zoo::{Arch, MobileNet, ModelConfig};
+pub use models::{Arch, MobileNet, MobileNetV1, MobileNetV2, MobileNetV3, ModelConfig};
+
+/// The command-line entry point (`src/main.rs` is this one call).
+pub fn run_cli() -> anyhow::Result<()> {
+    use clap::Parser;
+    cli::run(cli::Cli::parse())
+}

@@ -1,8 +1,5 @@
-use clap::Parser;
-
 fn main() {
-    let cli = mobilenet::cli::Cli::parse();
-    if let Err(error) = mobilenet::cli::run(cli) {
+    if let Err(error) = mobilenet::run_cli() {
         eprintln!("error: {error:#}");
         std::process::exit(1);
     }

@@ -23,6 +23,8 @@ mod kernels;
 mod network;
 pub mod reference;
 pub mod simd;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -5,15 +5,11 @@
 //! This is the test that also runs in the portable-only build
 //! (`MOBILENET_ENGINE_PORTABLE_ONLY=1`), which compiles exactly what non-x86 targets get.
 
-mod support {
-    pub mod filler;
-}
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use mobilenet_engine::{read_safetensors, Arch, Engine, EngineOptions, Images, Isa, ModelSpec, NamedTensors};
-use support::filler::{fill, uniform, EVAL_CASES};
+use mobilenet_engine::testing::{fill, uniform, EVAL_CASES};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)

@@ -1,0 +1,62 @@
+//! The `mobilenet` command line: one file per command group, shared arguments in [`args`].
+
+use burn::tensor::Device;
+use clap::{Parser, Subcommand};
+
+pub(crate) mod args;
+mod inspect;
+mod predict;
+mod train;
+
+use inspect::{ImportArgs, InferArgs, SummaryArgs};
+use predict::{BenchArgs, PredictArgs};
+
+#[derive(Parser, Debug)]
+#[command(name = "mobilenet", version, about = "MobileNet V1/V2/V3 on burn: build, inspect, run, weight-compatible with torchvision")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// One per process: boxing the larger variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print a layer table (path, type, output shape, params, MACs) and totals.
+    Summary(SummaryArgs),
+    /// Run a model in eval mode on a tensor read from a safetensors file.
+    Infer(InferArgs),
+    /// Classify image files (JPEG, PNG, WebP, BMP; directories are walked): top-k classes with
+    /// probabilities, using torchvision's eval preprocessing.
+    Predict(PredictArgs),
+    /// Convert a checkpoint (torchvision .pth, zip or legacy, or safetensors) to our safetensors
+    /// format, with the model config and preprocessing as metadata.
+    Import(ImportArgs),
+    /// Train (or fine-tune, or resume) on an image classification data set; with no options,
+    /// MobileNetV3-Small on the embedded Fashion-MNIST subset.
+    Train(train::TrainArgs),
+    /// Evaluate weights on a data set's evaluation split: loss, top-1, top-5, per-class accuracy.
+    Eval(train::EvalArgs),
+    /// Recompute BatchNorm running statistics over training batches, weights frozen.
+    RecalibrateBn(train::RecalibrateArgs),
+    /// Plot the validation curves of several runs in one PNG and print their last epochs.
+    CompareRuns(train::CompareArgs),
+    /// Inference latency after warm-up: median and min ms per batch, images/s (the engine by
+    /// default; --backend burn for burn on the CPU).
+    Bench(BenchArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let device = Device::flex();
+    match cli.command {
+        Command::Summary(args) => inspect::summary(args, &device),
+        Command::Infer(args) => inspect::infer(args, &device),
+        Command::Predict(args) => predict::predict(args, &device),
+        Command::Import(args) => inspect::import(args, &device),
+        Command::Train(args) => train::train(args),
+        Command::Eval(args) => train::eval(args),
+        Command::RecalibrateBn(args) => train::recalibrate(args),
+        Command::CompareRuns(args) => train::compare(args),
+        Command::Bench(args) => predict::bench(args, &device),
+    }
+}

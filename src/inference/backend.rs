@@ -1,0 +1,103 @@
+//! Inference on the CPU engine (crate `mobilenet-engine`), the default behind `predict`, `eval`
+//! and `bench`, or on burn (`--backend burn`, and any GPU device).
+//!
+//! The engine is built from a loaded burn model, so every weight format `weights::load` reads
+//! (ours, torchvision .pth, safetensors) runs on it; `mobilenet_engine::Engine::load` reads our
+//! safetensors files directly, without burn.
+
+use burn::tensor::{Device, Tensor, TensorData};
+pub use mobilenet_engine::{Engine, EngineOptions, Images, Isa, Logits};
+
+use crate::error::Result;
+use crate::models::{MobileNet, ModelConfig};
+use crate::io::{params, weights};
+
+/// Which implementation runs inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Backend {
+    /// The fused NHWC CPU engine (mobilenet-engine).
+    #[default]
+    Engine,
+    /// burn, on the chosen device.
+    Burn,
+}
+
+/// An engine holding `model`'s current weights and BatchNorm statistics (eval mode).
+pub fn from_model(model: &MobileNet, options: EngineOptions) -> Result<Engine> {
+    let plan = model.plan();
+    let mut tensors = std::collections::HashMap::new();
+    for (key, flat) in params::collect(model) {
+        let mut dims = flat.dims.clone();
+        let mut data: Vec<f32> = flat.value.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 parameters");
+        // burn's Linear weight is [in, out]; torch's (and the engine's) is [out, in].
+        if plan.is_linear_weight(&key) {
+            let (inp, out) = (dims[0], dims[1]);
+            let mut t = vec![0.0; data.len()];
+            for i in 0..inp {
+                for o in 0..out {
+                    t[o * inp + i] = data[i * out + o];
+                }
+            }
+            data = t;
+            dims = vec![out, inp];
+        }
+        tensors.insert(key, (dims, data));
+    }
+    Ok(Engine::from_tensors(&model.config().spec, tensors, options)?)
+}
+
+/// Loads any weight file `weights::load` reads onto the engine.
+pub fn load(path: &std::path::Path, config: Option<&ModelConfig>, options: EngineOptions) -> Result<Engine> {
+    let model = weights::load(path, config, &Device::flex())?;
+    from_model(&model, options)
+}
+
+/// A model ready for inference on one backend. (One per command: boxing the larger variant
+/// would buy nothing.)
+#[allow(clippy::large_enum_variant)]
+pub enum Runner {
+    Engine { engine: Engine, config: ModelConfig },
+    Burn { model: MobileNet, device: Device },
+}
+
+impl Runner {
+    /// `model` on `backend`; the engine runs on the CPU with `threads` threads (0: all cores).
+    pub fn new(model: MobileNet, backend: Backend, device: &Device, threads: usize) -> Result<Self> {
+        match backend {
+            Backend::Engine => {
+                let mut options = EngineOptions::default();
+                if threads > 0 {
+                    options = options.with_threads(threads);
+                }
+                Ok(Runner::Engine { engine: from_model(&model, options)?, config: *model.config() })
+            }
+            Backend::Burn => Ok(Runner::Burn { model: model.eval_mode(), device: device.clone() }),
+        }
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Runner::Engine { config, .. } => config,
+            Runner::Burn { model, .. } => model.config(),
+        }
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.config().spec.num_classes
+    }
+
+    /// Logits `[n][classes]` for `n` NCHW images of `h` x `w`. (Borrowed: the engine reads the
+    /// pixels in place; only burn needs its own copy.)
+    pub fn logits(&self, data: &[f32], n: usize, h: usize, w: usize) -> Result<Vec<f32>> {
+        match self {
+            Runner::Engine { engine, .. } => {
+                let images = Images::new(data, n, h, w)?;
+                Ok(engine.run(&images)?.data)
+            }
+            Runner::Burn { model, device } => {
+                let x = Tensor::<4>::from_data(TensorData::new(data.to_vec(), [n, 3, h, w]), device);
+                Ok(model.forward(x).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits"))
+            }
+        }
+    }
+}

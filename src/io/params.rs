@@ -1,0 +1,161 @@
+//! Path-keyed access to every float tensor of a module (parameters and BatchNorm running
+//! statistics), as flat 1-D tensors. The optimizer, the weight EMA, BN recalibration and the
+//! training checkpoints all work through these two functions, so they agree on names: the
+//! torchvision keys (enum variant names are skipped, as in the weight files).
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+
+/// One tensor, flattened, with its original shape.
+#[derive(Debug, Clone)]
+pub struct Flat {
+    pub dims: Vec<usize>,
+    /// On the plain (non-autodiff) device, detached.
+    pub value: Tensor<1>,
+    /// Whether the tensor is trained (false for running statistics and frozen parameters).
+    pub trainable: bool,
+}
+
+/// The current module path during a visit, without enum variant names (`MobileNet::V2`), which
+/// are not part of torchvision's keys.
+#[derive(Default)]
+pub(crate) struct PathStack(Vec<String>);
+
+impl PathStack {
+    pub(crate) fn enter(&mut self, name: &str, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.0.push(name.to_string());
+        }
+    }
+    pub(crate) fn exit(&mut self, container_type: &str) {
+        if !container_type.starts_with("Enum:") {
+            self.0.pop();
+        }
+    }
+    pub(crate) fn path(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+/// Every float tensor of `module`, by torchvision key.
+pub fn collect<M: Module>(module: &M) -> BTreeMap<String, Flat> {
+    struct Collect {
+        stack: PathStack,
+        out: BTreeMap<String, Flat>,
+    }
+    impl ModuleVisitor for Collect {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            self.stack.exit(container_type);
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let tensor = param.val();
+            let trainable = tensor.is_require_grad();
+            let dims = tensor.dims().to_vec();
+            let value = tensor.inner().detach().flatten::<1>(0, D - 1);
+            self.out.insert(self.stack.path(), Flat { dims, value, trainable });
+        }
+    }
+    let mut visitor = Collect { stack: PathStack::default(), out: BTreeMap::new() };
+    module.visit(&mut visitor);
+    visitor.out
+}
+
+/// Rebuilds `module` with `update(path, flat)` applied to every float tensor; `None` keeps the
+/// tensor as it is. Updated parameters keep their id and whether they require gradients.
+pub fn map<M: Module>(module: M, update: impl FnMut(&str, &Flat) -> Option<Tensor<1>>) -> M {
+    struct Map<F> {
+        stack: PathStack,
+        update: F,
+    }
+    impl<F: FnMut(&str, &Flat) -> Option<Tensor<1>>> ModuleMapper for Map<F> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            self.stack.exit(container_type);
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (id, tensor, mapper) = param.consume();
+            let trainable = tensor.is_require_grad();
+            let dims = tensor.dims();
+            let flat = Flat {
+                dims: dims.to_vec(),
+                value: tensor.clone().inner().detach().flatten::<1>(0, D - 1),
+                trainable,
+            };
+            let tensor = match (self.update)(&self.stack.path(), &flat) {
+                None => tensor,
+                Some(new) => {
+                    let device = tensor.device();
+                    let new = new.reshape(dims);
+                    if !device.is_autodiff() {
+                        new.to_device(&device)
+                    } else if trainable {
+                        Tensor::from_inner(new).require_grad()
+                    } else {
+                        Tensor::from_inner(new)
+                    }
+                }
+            };
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    module.map(&mut Map { stack: PathStack::default(), update })
+}
+
+/// The gradient of every trained tensor of `module`, flattened, by torchvision key.
+pub fn gradients<M: Module>(module: &M, grads: &burn::tensor::Gradients) -> BTreeMap<String, Tensor<1>> {
+    struct Grads<'a> {
+        stack: PathStack,
+        grads: &'a burn::tensor::Gradients,
+        out: BTreeMap<String, Tensor<1>>,
+    }
+    impl ModuleVisitor for Grads<'_> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            self.stack.exit(container_type);
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let tensor = param.val();
+            if !tensor.is_require_grad() {
+                return;
+            }
+            if let Some(grad) = tensor.grad(self.grads) {
+                self.out.insert(self.stack.path(), grad.flatten::<1>(0, D - 1));
+            }
+        }
+    }
+    let mut visitor = Grads { stack: PathStack::default(), grads, out: BTreeMap::new() };
+    module.visit(&mut visitor);
+    visitor.out
+}
+
+/// Walks a module and returns every float parameter's path (torchvision key) and shape, in
+/// visiting order. Running statistics count as parameters here, as they do in a `state_dict`.
+pub fn parameter_paths<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
+    struct Paths {
+        stack: PathStack,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, container_type: &str) {
+            self.stack.exit(container_type);
+        }
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
+            self.out.push((self.stack.path(), param.shape().dims::<D>().to_vec()));
+        }
+    }
+    let mut paths = Paths { stack: Default::default(), out: Vec::new() };
+    module.visit(&mut paths);
+    paths.out
+}

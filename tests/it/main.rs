@@ -1,0 +1,13 @@
+//! The integration tests, one test crate (one binary linking burn, not eight): a module per
+//! area, sharing the fixture helpers in [`common`].
+
+mod common;
+
+mod cli;
+mod engine;
+mod optim;
+mod parity;
+mod predict;
+mod summary;
+mod train;
+mod weights;

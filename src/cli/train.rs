@@ -241,7 +241,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             config.output.display()
         );
     }
-    let outcome = training::run(training::Start::Fresh(config), &device)?;
+    let outcome = training::run(training::Start::Fresh(Box::new(config)), &device)?;
     report(&outcome)
 }
 

@@ -269,6 +269,10 @@ impl DepthwiseSeparable {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         self.pointwise.forward(self.depthwise.forward(x))
     }
+
+    pub fn out_channels(&self) -> usize {
+        self.pointwise.out_channels()
+    }
 }
 
 /// The convs of a block of `N` convs (and no other layer), in order.
@@ -330,6 +334,10 @@ impl InvertedResidualV2 {
         } else {
             y
         }
+    }
+
+    pub fn out_channels(&self) -> usize {
+        self.conv.project_norm.num_features()
     }
 }
 
@@ -424,12 +432,17 @@ impl InvertedResidualV3 {
             y
         }
     }
+
+    pub fn out_channels(&self) -> usize {
+        self.block.project.out_channels()
+    }
 }
 
 /// One layer of a model's `features` sequence (a conv-BN-act, a separable block, an inverted
 /// residual): what the shared walk in [`FeatureStages`] needs of it.
 pub trait FeatureLayer {
     fn forward(&self, x: Tensor<4>) -> Tensor<4>;
+    fn out_channels(&self) -> usize;
 }
 
 macro_rules! feature_layer {
@@ -437,6 +450,9 @@ macro_rules! feature_layer {
         impl FeatureLayer for $ty {
             fn forward(&self, x: Tensor<4>) -> Tensor<4> {
                 <$ty>::forward(self, x)
+            }
+            fn out_channels(&self) -> usize {
+                <$ty>::out_channels(self)
             }
         }
     )*};
@@ -456,6 +472,11 @@ impl<B: FeatureLayer> FeatureStages<'_, B> {
         std::iter::once(self.stem as &dyn FeatureLayer)
             .chain(self.blocks.iter().map(|b| b as &dyn FeatureLayer))
             .chain(self.last.map(|l| l as &dyn FeatureLayer))
+    }
+
+    /// Channels of the last feature map.
+    pub fn out_channels(&self) -> usize {
+        self.layers().last().map_or(0, |layer| layer.out_channels())
     }
 
     /// The last feature map.

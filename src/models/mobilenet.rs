@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::models::blocks::init;
 use crate::models::config::{Arch, ModelConfig, ModelSpec, Plan};
 use crate::models::summary::Summary;
-use crate::models::{MobileNetV1, MobileNetV2, MobileNetV3};
+use crate::models::{Family, MobileNetV1, MobileNetV2, MobileNetV3};
 
 /// Any MobileNet. Module paths skip the variant name (`V2`), so they equal torchvision's keys
 /// when stores are built with `skip_enum_variants(true)`, as [`crate::io::weights`] does.
@@ -89,7 +89,7 @@ impl MobileNet {
         let fresh = init::linear(output.in_features, output.out_features, device);
         each!(&mut self, m => {
             *m.output_layer_mut() = fresh;
-            m.config = config;
+            *m.config_mut() = config;
         });
         Ok(self)
     }

@@ -26,7 +26,44 @@ pub use v1::MobileNetV1;
 pub use v2::MobileNetV2;
 pub use v3::MobileNetV3;
 
+use burn::nn::Linear;
+use burn::tensor::Tensor;
 use mobilenet_engine::arch::{Block, ConvLayer, LinearLayer, Stage};
+
+use blocks::{global_avg_pool, FeatureLayer, FeatureStages};
+
+/// What each family (V1, V2, V3) provides; the forward API every model shares is written once
+/// on top of it, and [`MobileNet`] dispatches to it.
+pub trait Family {
+    type Block: FeatureLayer;
+    /// `features`: the stem, the blocks, and (V2, V3) the last conv.
+    fn stages(&self) -> FeatureStages<'_, Self::Block>;
+    /// The classifier on pooled features `[N, C]`.
+    fn classify(&self, pooled: Tensor<2>) -> Tensor<2>;
+    /// The last Linear (what a classifier reset replaces).
+    fn output_layer_mut(&mut self) -> &mut Linear;
+    fn config_mut(&mut self) -> &mut ModelConfig;
+
+    /// The last feature map, before pooling.
+    fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
+        self.stages().forward(x)
+    }
+
+    /// The output of every top-level `features` layer, in order.
+    fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
+        self.stages().intermediates(x)
+    }
+
+    /// Global average pool and classifier.
+    fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
+        self.classify(global_avg_pool(features).flatten(1, 3))
+    }
+
+    /// Channels of the pooled features fed to the classifier.
+    fn num_features(&self) -> usize {
+        self.stages().out_channels()
+    }
+}
 
 /// A plan's `features` as the models hold them: the stem, the blocks, the last 1x1 conv (V2,
 /// V3), and the classifier's output Linear.

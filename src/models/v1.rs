@@ -6,9 +6,9 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor};
 
-use crate::models::blocks::{global_avg_pool, Conv2dNormActivation, DepthwiseSeparable, DropoutLinear, FeatureStages};
+use crate::models::blocks::{Conv2dNormActivation, DepthwiseSeparable, DropoutLinear, FeatureStages};
 use crate::models::config::ModelConfig;
-use crate::models::plan_parts;
+use crate::models::{plan_parts, Family};
 use crate::sequential;
 use mobilenet_engine::arch::Plan;
 
@@ -44,29 +44,24 @@ impl MobileNetV1 {
             config: *config,
         }
     }
+}
+
+impl Family for MobileNetV1 {
+    type Block = DepthwiseSeparable;
 
     fn stages(&self) -> FeatureStages<'_, DepthwiseSeparable> {
         FeatureStages { stem: &self.features.stem, blocks: &self.features.blocks, last: None }
     }
 
-    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        self.stages().forward(x)
+    fn classify(&self, pooled: Tensor<2>) -> Tensor<2> {
+        self.classifier.forward(pooled)
     }
 
-    pub fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        self.stages().intermediates(x)
-    }
-
-    pub fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
-        self.classifier.forward(global_avg_pool(features).flatten(1, 3))
-    }
-
-    pub fn num_features(&self) -> usize {
-        self.features.blocks.last().map(|b| b.pointwise.out_channels()).unwrap_or(0)
-    }
-
-    /// The last Linear (what a classifier reset replaces).
-    pub fn output_layer_mut(&mut self) -> &mut Linear {
+    fn output_layer_mut(&mut self) -> &mut Linear {
         &mut self.classifier.linear
+    }
+
+    fn config_mut(&mut self) -> &mut ModelConfig {
+        &mut self.config
     }
 }

@@ -6,10 +6,10 @@ use burn::nn::{Dropout, Linear};
 use burn::tensor::{Device, Tensor};
 
 use crate::models::blocks::{
-    dropout, global_avg_pool, init, ActivationLayer, Conv2dNormActivation, FeatureStages, InvertedResidualV3,
+    dropout, init, ActivationLayer, Conv2dNormActivation, FeatureStages, InvertedResidualV3,
 };
 use crate::models::config::ModelConfig;
-use crate::models::plan_parts;
+use crate::models::{plan_parts, Family};
 use crate::sequential;
 use mobilenet_engine::arch::{HeadLayer, Plan};
 
@@ -76,29 +76,24 @@ impl MobileNetV3 {
             config: *config,
         }
     }
+}
+
+impl Family for MobileNetV3 {
+    type Block = InvertedResidualV3;
 
     fn stages(&self) -> FeatureStages<'_, InvertedResidualV3> {
         FeatureStages { stem: &self.features.stem, blocks: &self.features.blocks, last: Some(&self.features.last) }
     }
 
-    pub fn forward_features(&self, x: Tensor<4>) -> Tensor<4> {
-        self.stages().forward(x)
+    fn classify(&self, pooled: Tensor<2>) -> Tensor<2> {
+        self.classifier.forward(pooled)
     }
 
-    pub fn forward_intermediates(&self, x: Tensor<4>) -> Vec<Tensor<4>> {
-        self.stages().intermediates(x)
-    }
-
-    pub fn forward_head(&self, features: Tensor<4>) -> Tensor<2> {
-        self.classifier.forward(global_avg_pool(features).flatten(1, 3))
-    }
-
-    pub fn num_features(&self) -> usize {
-        self.features.last.out_channels()
-    }
-
-    /// The last Linear (what a classifier reset replaces).
-    pub fn output_layer_mut(&mut self) -> &mut Linear {
+    fn output_layer_mut(&mut self) -> &mut Linear {
         &mut self.classifier.output
+    }
+
+    fn config_mut(&mut self) -> &mut ModelConfig {
+        &mut self.config
     }
 }

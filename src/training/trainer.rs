@@ -135,7 +135,7 @@ fn save_weights(model: &MobileNet, config: &TrainConfig, path: &Path) -> Result<
 #[derive(Debug, Clone)]
 pub enum Start {
     /// A new run with this configuration (its output folder is created).
-    Fresh(TrainConfig),
+    Fresh(Box<TrainConfig>),
     /// The run in this folder, from its `last.ckpt`, exactly where it stopped.
     Resume(PathBuf),
 }
@@ -215,7 +215,7 @@ struct EpochTraining {
 /// Runs (or resumes) training.
 pub fn run(start: Start, device: &Device) -> Result<Outcome> {
     let mut state = match start {
-        Start::Fresh(config) => RunState::fresh(config, device)?,
+        Start::Fresh(config) => RunState::fresh(*config, device)?,
         Start::Resume(dir) => RunState::resume(&dir, device)?,
     };
     let data = RunData::load(&state.config)?;

@@ -23,6 +23,7 @@ mod kernels;
 mod network;
 pub mod reference;
 pub mod simd;
+pub mod train;
 #[cfg(feature = "testing")]
 pub mod testing;
 

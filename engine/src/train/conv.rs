@@ -1,0 +1,124 @@
+//! Convolutions that are GEMMs: the 1x1 (pointwise) convs, the squeeze-excite's FCs and the
+//! Linears ([`Dense`]: a weight `[out][in]` with the packed copies the three products read),
+//! and the stem (a full k x k conv from the NCHW images) through [`im2col`].
+
+use super::gemm::{matmul, MatMul};
+use crate::simd::{pad_channels, Isa};
+
+/// A weight `[out][in]` (torch's layout; a conv's `[out, in, 1, 1]`, or the stem's
+/// `[out, in·k·k]`) with an optional bias, and the copies the GEMMs read:
+/// `wt [in][out_p]` (forward, `Y = X · Wᵀ`) and `wp [out][in_p]` (input grad, `dX = dY · W`),
+/// zero-padded. The weight gradient comes out as `grad [out][in_p]`.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    pub out: usize,
+    pub inp: usize,
+    pub out_p: usize,
+    pub in_p: usize,
+    /// Parameter ids in the store.
+    pub weight: usize,
+    pub bias: Option<usize>,
+    pub wt: Vec<f32>,
+    pub wp: Vec<f32>,
+    pub grad: Vec<f32>,
+    pub bias_grad: Vec<f32>,
+    /// The bias, padded to `out_p` (zeros without one).
+    pub bias_p: Vec<f32>,
+}
+
+impl Dense {
+    pub fn new(out: usize, inp: usize, weight: usize, bias: Option<usize>) -> Dense {
+        let (out_p, in_p) = (pad_channels(out), pad_channels(inp));
+        Dense {
+            out,
+            inp,
+            out_p,
+            in_p,
+            weight,
+            bias,
+            wt: vec![0.0; inp * out_p],
+            wp: vec![0.0; out * in_p],
+            grad: vec![0.0; out * in_p],
+            bias_grad: vec![0.0; out],
+            bias_p: vec![0.0; out_p],
+        }
+    }
+
+    /// Rebuilds the packed copies from torch's `[out][in]` (and the bias).
+    pub fn pack(&mut self, w: &[f32], bias: Option<&[f32]>) {
+        for o in 0..self.out {
+            for i in 0..self.inp {
+                let v = w[o * self.inp + i];
+                self.wt[i * self.out_p + o] = v;
+                self.wp[o * self.in_p + i] = v;
+            }
+        }
+        if let Some(b) = bias {
+            self.bias_p[..self.out].copy_from_slice(b);
+        }
+    }
+
+    /// The weight gradient in torch's `[out][in]`.
+    pub fn export_grad(&self, g: &mut [f32]) {
+        for o in 0..self.out {
+            g[o * self.inp..(o + 1) * self.inp].copy_from_slice(&self.grad[o * self.in_p..o * self.in_p + self.inp]);
+        }
+    }
+
+    /// `y [rows][ldy] = x [rows][ldx] · Wᵀ` (no bias).
+    pub fn forward(&self, isa: Isa, x: *const f32, ldx: usize, rows: usize, y: *mut f32, ldy: usize) {
+        matmul(
+            isa,
+            &MatMul { m: rows, n: self.out_p, k: self.inp, a: x, lda: ldx, trans_a: false, b: self.wt.as_ptr(), ldb: self.out_p, c: y, ldc: ldy, accumulate: false },
+        );
+    }
+
+    /// `grad = dyᵀ · x` over `rows` (dy `[rows][ldd]`, x `[rows][ldx]`).
+    pub fn backward_weight(&mut self, isa: Isa, dy: *const f32, ldd: usize, x: *const f32, ldx: usize, rows: usize) {
+        let c = self.grad.as_mut_ptr();
+        matmul(isa, &MatMul { m: self.out, n: self.in_p, k: rows, a: dy, lda: ldd, trans_a: true, b: x, ldb: ldx, c, ldc: self.in_p, accumulate: false });
+    }
+
+    /// `dx [rows][ldx] = dy [rows][ldd] · W` (all `in_p` columns written).
+    pub fn backward_input(&self, isa: Isa, dy: *const f32, ldd: usize, rows: usize, dx: *mut f32, ldx: usize) {
+        matmul(
+            isa,
+            &MatMul { m: rows, n: self.in_p, k: self.out, a: dy, lda: ldd, trans_a: false, b: self.wp.as_ptr(), ldb: self.in_p, c: dx, ldc: ldx, accumulate: false },
+        );
+    }
+}
+
+/// The stem's patches: for images `n0..n1` of an NCHW batch, one row per output pixel,
+/// `[(n · oh + oy) · ow + ox][ci · k · k + ky · k + kx]` (torch's weight order, so the stem's
+/// weight is a [`Dense`] `[out][cin · k · k]` as stored), zero outside the image and in the
+/// padding columns up to `ld`.
+///
+/// # Safety
+/// `col` must be valid for `n1 · oh · ow` rows of `ld` floats.
+pub unsafe fn im2col(images: &[f32], n0: usize, n1: usize, cin: usize, h: usize, w: usize, k: usize, stride: usize, oh: usize, ow: usize, ld: usize, col: *mut f32) {
+    let pad = (k - 1) / 2;
+    for n in n0..n1 {
+        let img = &images[n * cin * h * w..(n + 1) * cin * h * w];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = unsafe { std::slice::from_raw_parts_mut(col.add(((n * oh + oy) * ow + ox) * ld), ld) };
+                row.fill(0.0);
+                for ci in 0..cin {
+                    for ky in 0..k {
+                        let iy = (oy * stride + ky) as isize - pad as isize;
+                        if iy < 0 || iy >= h as isize {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (ox * stride + kx) as isize - pad as isize;
+                            if ix < 0 || ix >= w as isize {
+                                continue;
+                            }
+                            row[(ci * k + ky) * k + kx] = img[(ci * h + iy as usize) * w + ix as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -54,6 +54,20 @@ fn main() {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
+    if std::env::var("PROFILE").is_ok() {
+        trainer.start_profile();
+        for _ in 0..3 {
+            trainer.step(&images, &labels).expect("step");
+        }
+        let mut prof = trainer.take_profile();
+        let total: f64 = prof.iter().map(|p| p.2).sum();
+        prof.sort_by(|a, b| b.2.total_cmp(&a.2));
+        for (key, phase, t) in prof.iter().take(25) {
+            println!("{:>7.2} ms {:>5.1}%  {phase:<8} {key}", t / 3.0 * 1e3, t / total * 100.0);
+        }
+        let by = |ph: &str| prof.iter().filter(|p| p.1 == ph).map(|p| p.2).sum::<f64>() / 3.0 * 1e3;
+        println!("forward {:.1} ms, backward {:.1} ms", by("forward"), by("backward"));
+    }
     let median = times[times.len() / 2];
     println!(
         "model={} batch={batch} image_size={size} threads={threads} classes={classes} width={width} isa={} arena_mb={:.0} loss={loss:.4}",

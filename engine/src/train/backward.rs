@@ -132,19 +132,13 @@ pub fn se_backward(ctx: &Ctx, se: &mut SeNode, params: &mut ParamStore, dy: Ptr,
     for i in 0..n * cp {
         se.d_gate[i] = act_grad_scalar(se.gate_pre[i], se.sums[i] as f32, ACT_HARDSIGMOID);
     }
-    let c = se.fc2.out;
-    for ch in 0..c {
-        se.fc2.bias_grad[ch] = (0..n).fold(0.0f32, |acc, i| acc + se.d_gate[i * cp + ch]);
-    }
+    sum_rows(&se.d_gate, n, cp, &mut se.fc2.bias_grad);
     se.fc2.backward_weight(isa, se.d_gate.as_ptr(), cp, se.hidden.as_ptr(), sp, n);
     se.fc2.backward_input(isa, se.d_gate.as_ptr(), cp, n, se.d_hidden.as_mut_ptr(), sp);
     for i in 0..n * sp {
         se.d_hidden[i] = act_grad_scalar(se.hidden_pre[i], se.d_hidden[i], ACT_RELU);
     }
-    let s = se.fc1.out;
-    for j in 0..s {
-        se.fc1.bias_grad[j] = (0..n).fold(0.0f32, |acc, i| acc + se.d_hidden[i * sp + j]);
-    }
+    sum_rows(&se.d_hidden, n, sp, &mut se.fc1.bias_grad);
     se.fc1.backward_weight(isa, se.d_hidden.as_ptr(), sp, se.pooled.as_ptr(), cp, n);
     se.fc1.backward_input(isa, se.d_hidden.as_ptr(), sp, n, se.d_pooled.as_mut_ptr(), cp);
     let dp = Ptr::new(se.d_pooled.as_mut_ptr());
@@ -169,9 +163,7 @@ pub fn head_backward(isa: Isa, head: &mut [HeadNode], widths: &[usize], xs: &[Ve
         let (wi, wo) = (widths[i], widths[i + 1]);
         match layer {
             HeadNode::Linear(d) => {
-                for o in 0..d.out {
-                    d.bias_grad[o] = (0..n).fold(0.0f32, |acc, r| acc + gout[r * wo + o]);
-                }
+                sum_rows(gout, n, wo, &mut d.bias_grad);
                 d.backward_weight(isa, gout.as_ptr(), wo, xs[i].as_ptr(), wi, n);
                 d.backward_input(isa, gout.as_ptr(), wo, n, gin.as_mut_ptr(), wi);
                 d.export_grad(params.grad_mut(d.weight));
@@ -187,6 +179,16 @@ pub fn head_backward(isa: Isa, head: &mut [HeadNode], widths: &[usize], xs: &[Ve
                     gin[j] = gout[j] * masks[i][j];
                 }
             }
+        }
+    }
+}
+
+/// `out[j] = Σ_r x[r][j]` for the first `out.len()` columns of `x [rows][ld]`, rows in order.
+fn sum_rows(x: &[f32], rows: usize, ld: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for r in 0..rows {
+        for (o, v) in out.iter_mut().zip(&x[r * ld..]) {
+            *o += v;
         }
     }
 }

@@ -292,3 +292,35 @@ mod tests {
         assert_eq!(one, run(3));
     }
 }
+
+/// `cargo test --release -p mobilenet-engine gemm_speed -- --ignored --nocapture`: GFLOP/s of
+/// the three layouts at training shapes, one thread.
+#[cfg(test)]
+#[test]
+#[ignore]
+fn gemm_speed() {
+    let isa = Isa::detect();
+    // (m, n, k, trans_a): forward / input grad (pixels x channels) and weight grads.
+    for &(m, n, k, ta, what) in &[
+        (32768, 96, 16, false, "fwd 16->96 (M=32768)"),
+        (8192, 576, 96, false, "fwd 96->576 (M=8192)"),
+        (128, 1024, 576, false, "linear fwd 576->1024 (M=128)"),
+        (8192, 96, 576, false, "dX 576->96"),
+        (96, 576, 8192, true, "dW 96x576 over 8192"),
+        (1024, 576, 128, true, "linear dW 1024x576 over 128"),
+        (96, 16, 32768, true, "dW 96x16 over 32768"),
+    ] {
+        let lda = if ta { m } else { k };
+        let a: Vec<f32> = (0..(if ta { k } else { m }) * lda).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut c = vec![0.0f32; m * n];
+        let mm = MatMul { m, n, k, a: a.as_ptr(), lda, trans_a: ta, b: b.as_ptr(), ldb: n, c: c.as_mut_ptr(), ldc: n, accumulate: false };
+        let runs = 20;
+        let t = std::time::Instant::now();
+        for _ in 0..runs {
+            unsafe { matmul_block(isa, &mm, 0, m, 0, n) };
+        }
+        let s = t.elapsed().as_secs_f64() / runs as f64;
+        println!("{what:<32} {:>7.3} ms {:>6.1} GFLOP/s", s * 1e3, 2.0 * (m * n * k) as f64 / s / 1e9);
+    }
+}

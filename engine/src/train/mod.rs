@@ -159,6 +159,8 @@ pub struct Trainer {
     /// Images in the last pass.
     last_n: usize,
     rng: Rng,
+    /// Per-layer times (seconds) accumulated while profiling: (layer, phase) → total.
+    profile: Option<Vec<(String, &'static str, f64)>>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -215,6 +217,7 @@ impl Trainer {
             logits: vec![0.0; b * plan.spec.num_classes],
             last_n: 0,
             rng: Rng::new(config.seed ^ 0xD809_0F7E),
+            profile: None,
             plan,
             config,
         };
@@ -338,6 +341,16 @@ impl Trainer {
             .collect()
     }
 
+    /// Starts accumulating per-layer times over the following passes (for speed work).
+    pub fn start_profile(&mut self) {
+        self.profile = Some(Vec::new());
+    }
+
+    /// The accumulated times, `(layer key, phase, seconds)`, and stops profiling.
+    pub fn take_profile(&mut self) -> Vec<(String, &'static str, f64)> {
+        self.profile.take().unwrap_or_default()
+    }
+
     fn check_batch(&self, images: &[f32], min: usize) -> Result<usize> {
         let per = 3 * self.config.height * self.config.width;
         let n = images.len() / per;
@@ -423,13 +436,30 @@ impl Trainer {
         };
         self.last_n = n;
         let classes = self.plan.spec.num_classes;
-        let Trainer { pool, nodes, params, head, head_widths, head_x, head_g, masks, bn_partials, dw_partials, pool_sums, logits, rng, grad_bufs, config, .. } = self;
+        let Trainer { pool, nodes, params, head, head_widths, head_x, head_g, masks, bn_partials, dw_partials, pool_sums, logits, rng, grad_bufs, config, profile, .. } = self;
+        let mut clock = profile.as_mut().map(|p| (p, std::time::Instant::now()));
+        let mut lap = |key: &str, phase: &'static str| {
+            if let Some((p, t)) = clock.as_mut() {
+                let dt = t.elapsed().as_secs_f64();
+                *t = std::time::Instant::now();
+                match p.iter_mut().find(|(k, ph, _)| k == key && *ph == phase) {
+                    Some(e) => e.2 += dt,
+                    None => p.push((key.to_string(), phase, dt)),
+                }
+            }
+        };
         pool.install(|| {
             let isa = ctx.isa;
             for node in nodes.iter_mut() {
                 match node {
-                    Node::Conv(c) => forward::conv_forward(&ctx, c, params, bn_partials, images),
-                    Node::Se(se) => forward::se_forward(&ctx, se),
+                    Node::Conv(c) => {
+                        forward::conv_forward(&ctx, c, params, bn_partials, images);
+                        lap(&c.layer.conv_key, "forward");
+                    }
+                    Node::Se(se) => {
+                        forward::se_forward(&ctx, se);
+                        lap(&se.se.key, "forward");
+                    }
                 }
             }
             let (out_map, rows, cp) = match nodes.last().expect("a model has layers") {
@@ -446,10 +476,12 @@ impl Trainer {
             let Some(labels) = labels else { return 0.0 };
             let last = head_g.len() - 1;
             let loss = forward::cross_entropy(out, n, classes, ld, labels, config.label_smoothing, &mut head_g[last]);
+            lap("pool+classifier+loss", "forward");
             // Backward.
             backward::head_backward(isa, head, head_widths, head_x, head_g, masks, n, params);
             let buf = |i: usize| Ptr::new(ctx.base.at(grad_bufs[i].offset));
             backward::pool_backward(isa, &head_g[0], n, rows, cp, buf(0));
+            lap("pool+classifier", "backward");
             let free = |a: usize, b: Option<usize>| (0..3).find(|&i| i != a && Some(i) != b).expect("three buffers");
             let mut cur = 0usize;
             let mut skip: Option<usize> = None;
@@ -474,11 +506,13 @@ impl Trainer {
                             }
                             cur = dx;
                         }
+                        lap(&c.layer.conv_key, "backward");
                     }
                     Node::Se(se) => {
                         let dx = free(cur, skip);
                         backward::se_backward(&ctx, se, params, buf(cur), buf(dx));
                         cur = dx;
+                        lap(&se.se.key, "backward");
                     }
                 }
             }

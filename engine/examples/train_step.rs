@@ -60,13 +60,23 @@ fn main() {
             trainer.step(&images, &labels).expect("step");
         }
         let mut prof = trainer.take_profile();
-        let total: f64 = prof.iter().map(|p| p.2).sum();
-        prof.sort_by(|a, b| b.2.total_cmp(&a.2));
-        for (key, phase, t) in prof.iter().take(25) {
-            println!("{:>7.2} ms {:>5.1}%  {phase:<8} {key}", t / 3.0 * 1e3, t / total * 100.0);
+        let total: f64 = prof.iter().map(|p| p.seconds).sum();
+        prof.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        for p in prof.iter().take(15) {
+            println!("{:>7.2} ms {:>5.1}%  {:<8} {:<14} {}", p.seconds / 3.0 * 1e3, p.seconds / total * 100.0, p.phase, p.kind, p.key);
         }
-        let by = |ph: &str| prof.iter().filter(|p| p.1 == ph).map(|p| p.2).sum::<f64>() / 3.0 * 1e3;
-        println!("forward {:.1} ms, backward {:.1} ms", by("forward"), by("backward"));
+        let mut kinds: Vec<(&str, &str, f64)> = Vec::new();
+        for p in &prof {
+            match kinds.iter_mut().find(|k| k.0 == p.kind && k.1 == p.phase) {
+                Some(k) => k.2 += p.seconds,
+                None => kinds.push((p.kind, p.phase, p.seconds)),
+            }
+        }
+        kinds.sort_by(|a, b| b.2.total_cmp(&a.2));
+        println!("by kind (total {:.1} ms):", total / 3.0 * 1e3);
+        for (kind, phase, t) in kinds {
+            println!("{:>7.2} ms {:>5.1}%  {phase:<8} {kind}", t / 3.0 * 1e3, t / total * 100.0);
+        }
     }
     let median = times[times.len() / 2];
     println!(

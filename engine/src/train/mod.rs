@@ -78,6 +78,18 @@ use network::{ConvKind, HeadNode, Node};
 use params::{ParamKind, ParamStore};
 use rng::Rng;
 
+/// One layer's accumulated time while profiling ([`Trainer::start_profile`]): a conv with its
+/// BatchNorm and activation, a squeeze-excite, or the head; forward or backward.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerTime {
+    pub key: String,
+    /// `stem`, `pointwise`, `depthwise`, `squeeze-excite` or `head`.
+    pub kind: &'static str,
+    /// `forward` or `backward`.
+    pub phase: &'static str,
+    pub seconds: f64,
+}
+
 /// How a [`Trainer`] runs: the batch it is laid out for and the training settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
@@ -159,8 +171,8 @@ pub struct Trainer {
     /// Images in the last pass.
     last_n: usize,
     rng: Rng,
-    /// Per-layer times (seconds) accumulated while profiling: (layer, phase) → total.
-    profile: Option<Vec<(String, &'static str, f64)>>,
+    /// Per-layer times accumulated while profiling.
+    profile: Option<Vec<LayerTime>>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -346,8 +358,8 @@ impl Trainer {
         self.profile = Some(Vec::new());
     }
 
-    /// The accumulated times, `(layer key, phase, seconds)`, and stops profiling.
-    pub fn take_profile(&mut self) -> Vec<(String, &'static str, f64)> {
+    /// The accumulated times, and stops profiling.
+    pub fn take_profile(&mut self) -> Vec<LayerTime> {
         self.profile.take().unwrap_or_default()
     }
 
@@ -438,13 +450,13 @@ impl Trainer {
         let classes = self.plan.spec.num_classes;
         let Trainer { pool, nodes, params, head, head_widths, head_x, head_g, masks, bn_partials, dw_partials, pool_sums, logits, rng, grad_bufs, config, profile, .. } = self;
         let mut clock = profile.as_mut().map(|p| (p, std::time::Instant::now()));
-        let mut lap = |key: &str, phase: &'static str| {
+        let mut lap = |kind: &'static str, key: &str, phase: &'static str| {
             if let Some((p, t)) = clock.as_mut() {
                 let dt = t.elapsed().as_secs_f64();
                 *t = std::time::Instant::now();
-                match p.iter_mut().find(|(k, ph, _)| k == key && *ph == phase) {
-                    Some(e) => e.2 += dt,
-                    None => p.push((key.to_string(), phase, dt)),
+                match p.iter_mut().find(|e| e.key == key && e.phase == phase) {
+                    Some(e) => e.seconds += dt,
+                    None => p.push(LayerTime { key: key.to_string(), kind, phase, seconds: dt }),
                 }
             }
         };
@@ -454,11 +466,11 @@ impl Trainer {
                 match node {
                     Node::Conv(c) => {
                         forward::conv_forward(&ctx, c, params, bn_partials, images);
-                        lap(&c.layer.conv_key, "forward");
+                        lap(c.kind.name(), &c.layer.conv_key, "forward");
                     }
                     Node::Se(se) => {
                         forward::se_forward(&ctx, se);
-                        lap(&se.se.key, "forward");
+                        lap("squeeze-excite", &se.se.key, "forward");
                     }
                 }
             }
@@ -476,12 +488,12 @@ impl Trainer {
             let Some(labels) = labels else { return 0.0 };
             let last = head_g.len() - 1;
             let loss = forward::cross_entropy(out, n, classes, ld, labels, config.label_smoothing, &mut head_g[last]);
-            lap("pool+classifier+loss", "forward");
+            lap("head", "pool+classifier+loss", "forward");
             // Backward.
             backward::head_backward(isa, head, head_widths, head_x, head_g, masks, n, params);
             let buf = |i: usize| Ptr::new(ctx.base.at(grad_bufs[i].offset));
             backward::pool_backward(isa, &head_g[0], n, rows, cp, buf(0));
-            lap("pool+classifier", "backward");
+            lap("head", "pool+classifier", "backward");
             let free = |a: usize, b: Option<usize>| (0..3).find(|&i| i != a && Some(i) != b).expect("three buffers");
             let mut cur = 0usize;
             let mut skip: Option<usize> = None;
@@ -506,13 +518,13 @@ impl Trainer {
                             }
                             cur = dx;
                         }
-                        lap(&c.layer.conv_key, "backward");
+                        lap(c.kind.name(), &c.layer.conv_key, "backward");
                     }
                     Node::Se(se) => {
                         let dx = free(cur, skip);
                         backward::se_backward(&ctx, se, params, buf(cur), buf(dx));
                         cur = dx;
-                        lap(&se.se.key, "backward");
+                        lap("squeeze-excite", &se.se.key, "backward");
                     }
                 }
             }

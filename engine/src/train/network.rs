@@ -20,6 +20,16 @@ pub enum ConvKind {
     Depthwise,
 }
 
+impl ConvKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ConvKind::Stem => "stem",
+            ConvKind::Pointwise => "pointwise",
+            ConvKind::Depthwise => "depthwise",
+        }
+    }
+}
+
 /// BatchNorm's parameter ids and its per-step state (`[c_p]` each, zero past the real
 /// channels).
 #[derive(Debug, Clone)]

@@ -664,3 +664,23 @@ fn debug_reference() {
     let width: f64 = std::env::var("WIDTH").map(|w| w.parse().unwrap()).unwrap_or(0.25);
     check_against_reference(arch, width, (size, size), n, Isa::detect(), 0.0, 0.0);
 }
+
+/// A trainer laid out for a larger batch runs a smaller one exactly as one laid out for it.
+#[test]
+fn smaller_batches_match_a_trainer_of_that_size() {
+    let spec = ModelSpec::new(Arch::V3Small).with_width_mult(0.25).with_num_classes(10);
+    let (h, w) = (33, 35);
+    let (images, labels) = random_batch(12, 5, h, w, 10);
+    let run = |batch: usize| {
+        let mut t = Trainer::new(&spec, TrainConfig::new(Arch::V3Small, batch, h, w).with_threads(2).with_dropout(0.0)).unwrap();
+        let loss = t.step(&images, &labels).unwrap();
+        let grads: Vec<Vec<f32>> = t.grads().map(|(_, _, g)| g.to_vec()).collect();
+        let eval = t.eval(&images[..3 * h * w]).unwrap().to_vec();
+        (loss, grads, eval)
+    };
+    let exact = run(5);
+    let larger = run(9);
+    assert_eq!(exact.0, larger.0);
+    assert!(exact.1 == larger.1);
+    assert_eq!(exact.2, larger.2);
+}

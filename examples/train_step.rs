@@ -22,7 +22,10 @@ fn main() -> anyhow::Result<()> {
     config.weight_decay = 4e-5;
     let mut optimizer = Optimizer::new(config);
     let x = Tensor::<4>::random([batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
-    let y = Tensor::<1, Int>::from_data(burn::tensor::TensorData::new((0..batch as i64).map(|i| i % 10).collect::<Vec<_>>(), [batch]), &device);
+    let y = Tensor::<1, Int>::from_data(
+        burn::tensor::TensorData::new((0..batch as i64).map(|i| i % 10).collect::<Vec<_>>(), [batch]),
+        &device,
+    );
     let (mut fwd, mut bwd, mut opt) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..steps + 3 {
         let t0 = Instant::now();

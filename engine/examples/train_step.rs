@@ -63,7 +63,7 @@ fn main() {
         let total: f64 = prof.iter().map(|p| p.seconds).sum();
         prof.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         for p in prof.iter().take(15) {
-            println!("{:>7.2} ms {:>5.1}%  {:<8} {:<14} {}", p.seconds / 3.0 * 1e3, p.seconds / total * 100.0, p.phase, p.kind, p.key);
+            println!("{:>7.2} ms {:>5.1}%  {:<16} {:<14} {}", p.seconds / 3.0 * 1e3, p.seconds / total * 100.0, p.phase, p.kind, p.key);
         }
         let mut kinds: Vec<(&str, &str, f64)> = Vec::new();
         for p in &prof {
@@ -75,7 +75,7 @@ fn main() {
         kinds.sort_by(|a, b| b.2.total_cmp(&a.2));
         println!("by kind (total {:.1} ms):", total / 3.0 * 1e3);
         for (kind, phase, t) in kinds {
-            println!("{:>7.2} ms {:>5.1}%  {phase:<8} {kind}", t / 3.0 * 1e3, t / total * 100.0);
+            println!("{:>7.2} ms {:>5.1}%  {phase:<16} {kind}", t / 3.0 * 1e3, t / total * 100.0);
         }
     }
     let median = times[times.len() / 2];

@@ -30,7 +30,13 @@ impl BenchResult {
 
 /// Runs `step` `warmup` times untimed, then until both `min_runs` runs and `min_time` have
 /// passed; one call of `step` processes `batch` images.
-pub fn measure(batch: usize, warmup: usize, min_runs: usize, min_time: Duration, mut step: impl FnMut()) -> BenchResult {
+pub fn measure(
+    batch: usize,
+    warmup: usize,
+    min_runs: usize,
+    min_time: Duration,
+    mut step: impl FnMut(),
+) -> BenchResult {
     for _ in 0..warmup {
         step();
     }

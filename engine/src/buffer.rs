@@ -49,7 +49,14 @@ impl Buffer {
         let total = bytes.div_ceil(HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE;
         // SAFETY: a fresh private anonymous mapping; checked for failure below.
         let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), total, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                total,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         if base == libc::MAP_FAILED {
             return None;

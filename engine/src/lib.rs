@@ -23,9 +23,9 @@ mod kernels;
 mod network;
 pub mod reference;
 pub mod simd;
-pub mod train;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod train;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -138,7 +138,11 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("spec", &self.net.spec).field("isa", &self.net.isa).field("threads", &self.threads).finish()
+        f.debug_struct("Engine")
+            .field("spec", &self.net.spec)
+            .field("isa", &self.net.isa)
+            .field("threads", &self.threads)
+            .finish()
     }
 }
 
@@ -232,7 +236,10 @@ impl Engine {
             Some(pool) if images.batch >= self.threads => pool.install(|| {
                 use rayon::prelude::*;
                 let per_chunk = images.batch.div_ceil(self.threads);
-                logits.par_chunks_mut(per_chunk * classes).enumerate().for_each(|(c, out)| run_chunk(c * per_chunk, out, 1));
+                logits
+                    .par_chunks_mut(per_chunk * classes)
+                    .enumerate()
+                    .for_each(|(c, out)| run_chunk(c * per_chunk, out, 1));
             }),
             Some(pool) => pool.install(|| run_chunk(0, &mut logits, self.threads)),
             None => run_chunk(0, &mut logits, 1),
@@ -282,7 +289,10 @@ pub fn read_safetensors(path: &Path) -> Result<(Option<ModelSpec>, NamedTensors)
             continue;
         }
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(EngineError::file(path, format!("tensor '{name}' is {:?}; the engine reads f32", view.dtype())));
+            return Err(EngineError::file(
+                path,
+                format!("tensor '{name}' is {:?}; the engine reads f32", view.dtype()),
+            ));
         }
         let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         tensors.insert(name, (view.shape().to_vec(), data));

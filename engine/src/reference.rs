@@ -79,7 +79,9 @@ pub fn conv_bn_act(
 pub fn squeeze_excite(x: &Chw, fc1: &[f32], b1: &[f32], fc2: &[f32], b2: &[f32]) -> Chw {
     let squeeze = b1.len();
     let plane = x.h * x.w;
-    let mean: Vec<f64> = (0..x.c).map(|c| x.data[c * plane..(c + 1) * plane].iter().map(|&v| v as f64).sum::<f64>() / plane as f64).collect();
+    let mean: Vec<f64> = (0..x.c)
+        .map(|c| x.data[c * plane..(c + 1) * plane].iter().map(|&v| v as f64).sum::<f64>() / plane as f64)
+        .collect();
     let hidden: Vec<f64> = (0..squeeze)
         .map(|s| (b1[s] as f64 + (0..x.c).map(|c| fc1[s * x.c + c] as f64 * mean[c]).sum::<f64>()).max(0.0))
         .collect();
@@ -97,11 +99,18 @@ pub fn squeeze_excite(x: &Chw, fc1: &[f32], b1: &[f32], fc2: &[f32], b2: &[f32])
 pub fn linear(x: &[f32], weights: &[f32], bias: &[f32], act: Option<Activation>) -> Vec<f32> {
     let k = x.len();
     (0..bias.len())
-        .map(|o| activate((bias[o] as f64 + (0..k).map(|i| weights[o * k + i] as f64 * x[i] as f64).sum::<f64>()) as f32, act))
+        .map(|o| {
+            activate(
+                (bias[o] as f64 + (0..k).map(|i| weights[o * k + i] as f64 * x[i] as f64).sum::<f64>()) as f32,
+                act,
+            )
+        })
         .collect()
 }
 
 pub fn mean_pool(x: &Chw) -> Vec<f32> {
     let plane = x.h * x.w;
-    (0..x.c).map(|c| (x.data[c * plane..(c + 1) * plane].iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32).collect()
+    (0..x.c)
+        .map(|c| (x.data[c * plane..(c + 1) * plane].iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32)
+        .collect()
 }

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use mobilenet_engine::{read_safetensors, Arch, Engine, EngineOptions, Images, Isa, ModelSpec, NamedTensors};
 use mobilenet_engine::testing::{fill, uniform, EVAL_CASES};
+use mobilenet_engine::{read_safetensors, Arch, Engine, EngineOptions, Images, Isa, ModelSpec, NamedTensors};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
@@ -25,8 +25,7 @@ fn engine_alone_matches_torchvision_on_parity_fixtures() {
     let images = Images::from_shape(&input, &shape).unwrap();
     for (arch, width) in EVAL_CASES {
         let name = format!("{arch}_w{width:.1}");
-        let tensors: NamedTensors =
-            keys[&name].iter().map(|(k, s)| (k.clone(), (s.clone(), fill(k, s)))).collect();
+        let tensors: NamedTensors = keys[&name].iter().map(|(k, s)| (k.clone(), (s.clone(), fill(k, s)))).collect();
         let spec = ModelSpec::new(arch.parse::<Arch>().unwrap()).with_width_mult(width);
         let (want_shape, want) = &parity[&format!("{name}.logits")];
         assert_eq!(want_shape, &vec![2, 1000]);

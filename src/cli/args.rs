@@ -104,10 +104,8 @@ impl PreprocessArgs {
 }
 
 fn parse_triple(s: &str) -> Result<[f32; 3], String> {
-    let values: Vec<f32> = s
-        .split(',')
-        .map(|v| v.trim().parse::<f32>().map_err(|e| format!("'{v}': {e}")))
-        .collect::<Result<_, _>>()?;
+    let values: Vec<f32> =
+        s.split(',').map(|v| v.trim().parse::<f32>().map_err(|e| format!("'{v}': {e}"))).collect::<Result<_, _>>()?;
     values.try_into().map_err(|v: Vec<f32>| format!("expected three comma-separated numbers (R,G,B), got {}", v.len()))
 }
 
@@ -132,7 +130,12 @@ pub struct BackendArgs {
 
 impl BackendArgs {
     /// The model on the chosen backend. A GPU device always runs burn: the engine is CPU-only.
-    pub fn runner(&self, model: MobileNet, device: &Device, device_args: Option<&DeviceArgs>) -> anyhow::Result<Runner> {
+    pub fn runner(
+        &self,
+        model: MobileNet,
+        device: &Device,
+        device_args: Option<&DeviceArgs>,
+    ) -> anyhow::Result<Runner> {
         let on_cpu = device_args.is_none_or(|d| matches!(d.device.as_str(), "cpu" | "flex"));
         let backend = if on_cpu { self.backend } else { Backend::Burn };
         if self.threads == Some(0) {
@@ -149,7 +152,9 @@ impl DeviceArgs {
             #[cfg(feature = "wgpu")]
             "wgpu" | "gpu" => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
             #[cfg(not(feature = "wgpu"))]
-            "wgpu" | "gpu" => bail!("--device wgpu needs a build with the GPU backend: cargo run --release --features wgpu -- ..."),
+            "wgpu" | "gpu" => {
+                bail!("--device wgpu needs a build with the GPU backend: cargo run --release --features wgpu -- ...")
+            }
             other => bail!("unknown --device '{other}': expected cpu or wgpu"),
         }
     }

@@ -51,7 +51,6 @@ pub struct ImportArgs {
     pub preprocess: PreprocessArgs,
 }
 
-
 pub(super) fn import(args: ImportArgs, device: &Device) -> anyhow::Result<()> {
     let (model, preprocess) = load_weights(&args.model, &args.preprocess, &args.from, device)?;
     weights::save_with_metadata(&model, &args.output, &[preprocess.to_metadata()])?;
@@ -94,9 +93,7 @@ pub(super) fn infer(args: InferArgs, device: &Device) -> anyhow::Result<()> {
     }
     let input = read_tensor(&args.input, "input")?;
     let model = weights::load(&args.weights, config.as_ref(), device)?.eval_mode();
-    model
-        .check_input(&input.shape)
-        .with_context(|| format!("{}: tensor 'input'", args.input.display()))?;
+    model.check_input(&input.shape).with_context(|| format!("{}: tensor 'input'", args.input.display()))?;
     let logits = model.forward(input.to_tensor::<4>(device)?);
     let logits = HostTensor::from_tensor(logits);
     write_tensors(&args.output, &[("logits", &logits)])?;

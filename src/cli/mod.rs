@@ -12,7 +12,11 @@ use inspect::{ImportArgs, InferArgs, SummaryArgs};
 use predict::{BenchArgs, PredictArgs};
 
 #[derive(Parser, Debug)]
-#[command(name = "mobilenet", version, about = "MobileNet V1/V2/V3 on burn: build, inspect, run, weight-compatible with torchvision")]
+#[command(
+    name = "mobilenet",
+    version,
+    about = "MobileNet V1/V2/V3 on burn: build, inspect, run, weight-compatible with torchvision"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -80,11 +80,8 @@ pub(super) fn predict(args: PredictArgs, device: &Device) -> anyhow::Result<()> 
     let classifier = Classifier::with_runner(runner, preprocess, labels)?;
     let inputs = predict::find_images(&args.paths);
     let total = inputs.len();
-    let options = RunOptions {
-        batch_size: args.batch_size,
-        top_k: args.top_k,
-        progress: total > predict::PROGRESS_MIN_IMAGES,
-    };
+    let options =
+        RunOptions { batch_size: args.batch_size, top_k: args.top_k, progress: total > predict::PROGRESS_MIN_IMAGES };
     if args.verbose {
         eprintln!(
             "{} ({} classes), preprocessing: resize {}, crop {}, mean {:?}, std {:?}; {total} inputs, batches of {}",

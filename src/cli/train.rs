@@ -8,9 +8,9 @@ use burn::tensor::Device;
 use clap::{ArgAction, Args};
 
 use crate::cli::args::{BackendArgs, DataArgs, DeviceArgs, ModelArgs};
+use crate::data;
 use crate::data::augment::{AugmentConfig, TrainCrop};
 use crate::data::preprocess::Preprocess;
-use crate::data;
 use crate::io::weights;
 use crate::models::{Arch, ModelConfig};
 use crate::training::evaluate::{evaluate_with, recalibrate_bn, EvalResult};
@@ -373,10 +373,17 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     let labels: Vec<String> = match &args.labels {
         Some(l) if l.len() == args.runs.len() => l.clone(),
         Some(l) => bail!("{} labels for {} runs", l.len(), args.runs.len()),
-        None => args.runs.iter().map(|r| r.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()).collect(),
+        None => args
+            .runs
+            .iter()
+            .map(|r| r.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+            .collect(),
     };
     let (mut loss, mut acc) = (Vec::new(), Vec::new());
-    println!("{:<32} {:>6} {:>10} {:>10} {:>12} {:>12}", "run", "epochs", "val loss", "val top-1", "max val loss", "best top-1");
+    println!(
+        "{:<32} {:>6} {:>10} {:>10} {:>12} {:>12}",
+        "run", "epochs", "val loss", "val top-1", "max val loss", "best top-1"
+    );
     for (i, (run, label)) in args.runs.iter().zip(&labels).enumerate() {
         let path = run.join("metrics.csv");
         let rows = metrics::read_metrics(&path);
@@ -384,8 +391,16 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
             bail!("{}: no epochs recorded", path.display());
         }
         let color = COLORS[i % COLORS.len()];
-        loss.push(Series { name: label.clone(), color, points: rows.iter().map(|r| ((r.epoch + 1) as f64, r.val_loss)).collect() });
-        acc.push(Series { name: label.clone(), color, points: rows.iter().map(|r| ((r.epoch + 1) as f64, 100.0 * r.val_top1)).collect() });
+        loss.push(Series {
+            name: label.clone(),
+            color,
+            points: rows.iter().map(|r| ((r.epoch + 1) as f64, r.val_loss)).collect(),
+        });
+        acc.push(Series {
+            name: label.clone(),
+            color,
+            points: rows.iter().map(|r| ((r.epoch + 1) as f64, 100.0 * r.val_top1)).collect(),
+        });
         let last = rows.last().unwrap();
         let max_loss = rows.iter().map(|r| r.val_loss).fold(f64::MIN, f64::max);
         let best = rows.iter().map(|r| r.val_top1).fold(f64::MIN, f64::max);
@@ -414,13 +429,25 @@ mod tests {
 
     #[test]
     fn model_flags_apply_without_model() {
-        let args = ModelArgs { model: None, width_mult: Some(0.5), num_classes: None, bn_eps: Some(1e-4), bn_momentum: Some(0.1) };
+        let args = ModelArgs {
+            model: None,
+            width_mult: Some(0.5),
+            num_classes: None,
+            bn_eps: Some(1e-4),
+            bn_momentum: Some(0.1),
+        };
         let c = train_model_config(&args, 7).unwrap();
-        assert_eq!((c.spec.arch, c.spec.num_classes, c.spec.width_mult, c.spec.norm_eps, c.norm_momentum), (Arch::V3Small, 7, 0.5, 1e-4, 0.1));
+        assert_eq!(
+            (c.spec.arch, c.spec.num_classes, c.spec.width_mult, c.spec.norm_eps, c.norm_momentum),
+            (Arch::V3Small, 7, 0.5, 1e-4, 0.1)
+        );
         let args = ModelArgs { model: Some("v2".into()), bn_momentum: Some(0.3), ..args };
         let c = train_model_config(&args, 3).unwrap();
         assert_eq!((c.spec.arch, c.norm_momentum), (Arch::V2, 0.3));
         let args = ModelArgs { num_classes: Some(5), ..args };
-        assert!(train_model_config(&args, 3).unwrap_err().to_string().contains("--num-classes 5 but the data has 3 classes"));
+        assert!(train_model_config(&args, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("--num-classes 5 but the data has 3 classes"));
     }
 }

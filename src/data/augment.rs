@@ -11,9 +11,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::data::preprocess::{resize_bilinear, Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 use crate::data::{DataFormat, Dataset, Image};
 use crate::error::Result;
-use crate::data::preprocess::{resize_bilinear, Preprocess, IMAGENET_MEAN, IMAGENET_STD};
 
 /// The random crop used in training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -120,7 +120,8 @@ impl AugmentConfig {
                         for x in 0..size as i64 {
                             let sx = x + dx;
                             if (0..size as i64).contains(&sx) {
-                                let (d, s) = (((y * size as i64 + x) * 3) as usize, ((sy * size as i64 + sx) * 3) as usize);
+                                let (d, s) =
+                                    (((y * size as i64 + x) * 3) as usize, ((sy * size as i64 + sx) * 3) as usize);
                                 out[d..d + 3].copy_from_slice(&base[s..s + 3]);
                             }
                         }
@@ -157,18 +158,16 @@ impl AugmentConfig {
 
 fn sample_rng(seed: u64, epoch: usize, index: usize) -> StdRng {
     // splitmix-style mixing so neighbouring (epoch, index) pairs get unrelated streams.
-    let mut z = seed ^ (epoch as u64).wrapping_mul(0x9E3779B97F4A7C15) ^ (index as u64).wrapping_mul(0xBF58476D1CE4E5B9);
+    let mut z =
+        seed ^ (epoch as u64).wrapping_mul(0x9E3779B97F4A7C15) ^ (index as u64).wrapping_mul(0xBF58476D1CE4E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0x94D049BB133111EB);
     StdRng::seed_from_u64(z ^ (z >> 31))
 }
 
 /// Grey images are replicated to three channels.
 pub fn to_rgb(image: &Image) -> RgbImage {
-    let pixels = if image.channels == 3 {
-        image.pixels.clone()
-    } else {
-        image.pixels.iter().flat_map(|&v| [v, v, v]).collect()
-    };
+    let pixels =
+        if image.channels == 3 { image.pixels.clone() } else { image.pixels.iter().flat_map(|&v| [v, v, v]).collect() };
     RgbImage::from_raw(image.width as u32, image.height as u32, pixels).expect("pixel count matches size")
 }
 

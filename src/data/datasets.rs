@@ -133,12 +133,16 @@ pub fn load(dir: &Path) -> Result<Splits> {
         }
         DataFormat::Cifar100 => {
             let classes = read_names(&root.join("fine_label_names.txt"), 100)?;
-            (load_cifar(&[root.join("train.bin")], 1, classes.clone())?, load_cifar(&[root.join("test.bin")], 1, classes)?)
+            (
+                load_cifar(&[root.join("train.bin")], 1, classes.clone())?,
+                load_cifar(&[root.join("test.bin")], 1, classes)?,
+            )
         }
         DataFormat::ImageFolder => {
             let train = load_image_folder(&root.join("train"), None)?;
             let val_dir = ["val", "test"].iter().map(|d| root.join(d)).find(|d| d.is_dir());
-            let val_dir = val_dir.ok_or_else(|| Error::file(&root, "an ImageFolder tree needs val/ (or test/) beside train/"))?;
+            let val_dir =
+                val_dir.ok_or_else(|| Error::file(&root, "an ImageFolder tree needs val/ (or test/) beside train/"))?;
             let val = load_image_folder(&val_dir, Some(&train.classes))?;
             (train, val)
         }
@@ -215,9 +219,8 @@ fn parse_idx_bytes(path: &Path, bytes: Vec<u8>, expected_rank: usize) -> Result<
     if bytes.len() < header {
         return Err(Error::file(path, "truncated idx header"));
     }
-    let dims: Vec<usize> = (0..rank)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        (0..rank).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
     let expected: usize = dims.iter().product();
     if bytes.len() - header != expected {
         return Err(Error::file(
@@ -231,8 +234,10 @@ fn parse_idx_bytes(path: &Path, bytes: Vec<u8>, expected_rank: usize) -> Result<
 fn load_idx(dir: &Path, prefix: &str) -> Result<Dataset> {
     let images_name = format!("{prefix}-images-idx3-ubyte");
     let labels_name = format!("{prefix}-labels-idx1-ubyte");
-    let images_path = exists_gz(dir, &images_name).ok_or_else(|| Error::file(dir.join(&images_name), "missing (also tried .gz)"))?;
-    let labels_path = exists_gz(dir, &labels_name).ok_or_else(|| Error::file(dir.join(&labels_name), "missing (also tried .gz)"))?;
+    let images_path =
+        exists_gz(dir, &images_name).ok_or_else(|| Error::file(dir.join(&images_name), "missing (also tried .gz)"))?;
+    let labels_path =
+        exists_gz(dir, &labels_name).ok_or_else(|| Error::file(dir.join(&labels_name), "missing (also tried .gz)"))?;
     let images = parse_idx(&images_path, 3)?;
     let labels = parse_idx(&labels_path, 1)?;
     let classes = exists_gz(dir, "classes.txt").map(|p| read_file(&p)).transpose()?;
@@ -258,10 +263,8 @@ fn idx_dataset(
         Some(text) => parse_names(&labels_path.with_file_name("classes.txt"), text, num_classes)?,
         None => (0..num_classes).map(|i| i.to_string()).collect(),
     };
-    let images = pixels
-        .chunks_exact(h * w)
-        .map(|px| Image { width: w, height: h, channels: 1, pixels: px.to_vec() })
-        .collect();
+    let images =
+        pixels.chunks_exact(h * w).map(|px| Image { width: w, height: h, channels: 1, pixels: px.to_vec() }).collect();
     Ok(Dataset { images, labels: labels.iter().map(|&l| l as usize).collect(), classes })
 }
 
@@ -287,7 +290,10 @@ fn load_cifar(files: &[PathBuf], fine_offset: usize, classes: Vec<String>) -> Re
     for path in files {
         let bytes = read_file(path)?;
         if bytes.is_empty() || bytes.len() % record != 0 {
-            return Err(Error::file(path, format!("{} bytes is not a whole number of {record}-byte CIFAR records", bytes.len())));
+            return Err(Error::file(
+                path,
+                format!("{} bytes is not a whole number of {record}-byte CIFAR records", bytes.len()),
+            ));
         }
         for rec in bytes.chunks_exact(record) {
             let label = rec[fine_offset] as usize;
@@ -353,7 +359,12 @@ fn load_image_folder(dir: &Path, classes: Option<&[String]>) -> Result<Dataset> 
         .par_iter()
         .map(|(path, _)| {
             let rgb = crate::data::preprocess::load_rgb(path)?;
-            Ok(Image { width: rgb.width() as usize, height: rgb.height() as usize, channels: 3, pixels: rgb.into_raw() })
+            Ok(Image {
+                width: rgb.width() as usize,
+                height: rgb.height() as usize,
+                channels: 3,
+                pixels: rgb.into_raw(),
+            })
         })
         .collect::<Result<_>>()?;
     Ok(Dataset { images, labels: files.into_iter().map(|(_, l)| l).collect(), classes })

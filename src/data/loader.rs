@@ -44,7 +44,10 @@ impl Batch {
 #[derive(Debug, Clone, Copy)]
 pub enum Mode {
     /// Random augmentation seeded by (seed, epoch, sample index).
-    Train { seed: u64, epoch: usize },
+    Train {
+        seed: u64,
+        epoch: usize,
+    },
     Eval,
 }
 

@@ -70,7 +70,11 @@ impl Preprocess {
             return bad("resize size must be at least 1".into());
         }
         if (self.crop_size as usize) < crate::models::MIN_INPUT_SIZE {
-            return bad(format!("crop size must be at least {}, got {}", crate::models::MIN_INPUT_SIZE, self.crop_size));
+            return bad(format!(
+                "crop size must be at least {}, got {}",
+                crate::models::MIN_INPUT_SIZE,
+                self.crop_size
+            ));
         }
         if self.resize_size > 16384 || self.crop_size > 16384 {
             return bad(format!(

@@ -9,8 +9,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 pub use mobilenet_engine::{Engine, EngineOptions, Images, Isa, Logits};
 
 use crate::error::Result;
-use crate::models::{MobileNet, ModelConfig};
 use crate::io::{params, weights};
+use crate::models::{MobileNet, ModelConfig};
 
 /// Which implementation runs inference.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

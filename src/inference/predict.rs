@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::inference::backend::{Backend, Runner};
-use crate::error::{Error, Result};
 use crate::data::labels::Labels;
 use crate::data::preprocess::{self, Preprocess};
+use crate::error::{Error, Result};
+use crate::inference::backend::{Backend, Runner};
 use crate::models::MobileNet;
 
 /// Runs with more images than this show a progress bar (on a terminal only: on a pipe or a log

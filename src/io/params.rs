@@ -83,11 +83,8 @@ pub fn map<M: Module>(module: M, update: impl FnMut(&str, &Flat) -> Option<Tenso
             let (id, tensor, mapper) = param.consume();
             let trainable = tensor.is_require_grad();
             let dims = tensor.dims();
-            let flat = Flat {
-                dims: dims.to_vec(),
-                value: tensor.clone().inner().detach().flatten::<1>(0, D - 1),
-                trainable,
-            };
+            let flat =
+                Flat { dims: dims.to_vec(), value: tensor.clone().inner().detach().flatten::<1>(0, D - 1), trainable };
             let tensor = match (self.update)(&self.stack.path(), &flat) {
                 None => tensor,
                 Some(new) => {

@@ -19,10 +19,7 @@ pub struct HostTensor {
 impl HostTensor {
     pub fn to_tensor<const D: usize>(&self, device: &Device) -> Result<Tensor<D>> {
         if self.shape.len() != D {
-            return Err(Error::BadInputShape {
-                found: self.shape.clone(),
-                expected: format!("a rank-{D} tensor"),
-            });
+            return Err(Error::BadInputShape { found: self.shape.clone(), expected: format!("a rank-{D} tensor") });
         }
         Ok(Tensor::from_data(TensorData::new(self.data.clone(), self.shape.clone()), device))
     }
@@ -45,16 +42,9 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
-            return Err(Error::file(
-                path,
-                format!("tensor '{name}' has dtype {:?}; expected F32", view.dtype()),
-            ));
+            return Err(Error::file(path, format!("tensor '{name}' has dtype {:?}; expected F32", view.dtype())));
         }
-        let data = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
     }
     Ok(out)
@@ -88,8 +78,8 @@ pub fn write_tensors_with_metadata(
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
         .iter()
         .map(|(name, data, shape)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
-                .expect("shape matches data");
+            let view =
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data");
             (name.clone(), view)
         })
         .collect();

@@ -16,8 +16,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use burn_store::{
-    ApplyError, ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore,
-    SafetensorsStore,
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
 };
 
 use crate::error::{Error, Result};
@@ -90,8 +89,8 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     }
     let mut header = vec![0u8; len as usize];
     file.read_exact(&mut header).map_err(|e| Error::file(path, e))?;
-    let header: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| Error::file(path, format!("corrupt safetensors header: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| Error::file(path, format!("corrupt safetensors header: {e}")))?;
     let mut out = HashMap::new();
     if let Some(meta) = header.get("__metadata__").and_then(|m| m.as_object()) {
         for (k, v) in meta {
@@ -199,8 +198,7 @@ fn check_strict(result: &ApplyResult, path: &Path, model: &str, tolerated: Optio
             other => other.to_string(),
         })
         .collect();
-    let missing: Vec<String> =
-        result.missing.iter().map(|(key, _)| format!("{key}: missing from the file")).collect();
+    let missing: Vec<String> = result.missing.iter().map(|(key, _)| format!("{key}: missing from the file")).collect();
     let unexpected: Vec<String> = result
         .unused
         .iter()

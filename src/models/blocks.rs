@@ -136,21 +136,14 @@ impl BatchNorm2d {
         let [n, _, h, w] = input.dims();
         let count = (n * h * w) as f64;
         let device = input.device();
-        let out = burn::tensor::module::batch_norm_train(
-            input,
-            self.weight.val(),
-            self.bias.val(),
-            self.eps,
-        );
+        let out = burn::tensor::module::batch_norm_train(input, self.weight.val(), self.bias.val(), self.eps);
         // torch normalises with the biased variance but tracks the unbiased one.
         let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
         let m = self.momentum;
         let mean = self.running_mean.value_sync().to_device(&device);
         let var = self.running_var.value_sync().to_device(&device);
         let mean = mean.mul_scalar(1.0 - m).add(out.mean.detach().mul_scalar(m));
-        let var = var
-            .mul_scalar(1.0 - m)
-            .add(out.variance.detach().mul_scalar(m * unbiased));
+        let var = var.mul_scalar(1.0 - m).add(out.variance.detach().mul_scalar(m * unbiased));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
         // `RunningState` keeps an update pending until the next sync, and saving or visiting the
@@ -231,7 +224,11 @@ sequential! {
 
 impl Conv2dNormActivation {
     pub fn new(layer: &ConvLayer, norm: NormConfig, device: &Device) -> Self {
-        Self { conv: init::conv(layer, device), norm: BatchNorm2d::new(layer.out_channels, norm, device), activation: layer.activation.map(ActivationLayer) }
+        Self {
+            conv: init::conv(layer, device),
+            norm: BatchNorm2d::new(layer.out_channels, norm, device),
+            activation: layer.activation.map(ActivationLayer),
+        }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {

@@ -142,5 +142,4 @@ impl MobileNet {
         self.visit(&mut v);
         v.0
     }
-
 }

@@ -72,8 +72,12 @@ pub fn walk(plan: &Plan, image_size: usize) -> Vec<LayerStep<'_>> {
     for layer in &plan.classifier {
         match layer {
             HeadLayer::Dropout { key } => walker.same_shape(key.clone(), LayerOp::Dropout),
-            HeadLayer::Activation { key, activation } => walker.same_shape(key.clone(), LayerOp::Activation(*activation)),
-            HeadLayer::Linear(linear) => walker.push(linear.key.clone(), LayerOp::Linear(linear), vec![linear.out_features]),
+            HeadLayer::Activation { key, activation } => {
+                walker.same_shape(key.clone(), LayerOp::Activation(*activation))
+            }
+            HeadLayer::Linear(linear) => {
+                walker.push(linear.key.clone(), LayerOp::Linear(linear), vec![linear.out_features])
+            }
         }
     }
     walker.steps
@@ -208,7 +212,12 @@ impl Summary {
         }
         let _ = writeln!(out, "{}", "=".repeat(width));
         let _ = writeln!(out, "Total params: {}", group_thousands(self.total_params() as u64));
-        let _ = writeln!(out, "Total MACs: {} ({:.1}M)", group_thousands(self.total_macs()), self.total_macs() as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "Total MACs: {} ({:.1}M)",
+            group_thousands(self.total_macs()),
+            self.total_macs() as f64 / 1e6
+        );
         let _ = writeln!(out, "{rule}");
         let _ = writeln!(out, "params: {}", self.total_params());
         let _ = writeln!(out, "MACs: {}", self.total_macs());

@@ -5,9 +5,7 @@ use burn::module::Module;
 use burn::nn::{Dropout, Linear};
 use burn::tensor::{Device, Tensor};
 
-use crate::models::blocks::{
-    dropout, init, ActivationLayer, Conv2dNormActivation, FeatureStages, InvertedResidualV3,
-};
+use crate::models::blocks::{dropout, init, ActivationLayer, Conv2dNormActivation, FeatureStages, InvertedResidualV3};
 use crate::models::config::ModelConfig;
 use crate::models::{plan_parts, Family};
 use crate::sequential;

@@ -10,11 +10,11 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::training::optim::Optimizer;
 use crate::io::tensor_io::{read_tensors, write_tensors_with_metadata, HostTensor};
-use crate::training::TrainConfig;
 use crate::io::{params, weights};
 use crate::models::MobileNet;
+use crate::training::optim::Optimizer;
+use crate::training::TrainConfig;
 
 const STATE_KEY: &str = "mobilenet.train_state";
 
@@ -91,7 +91,9 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let restore = |fresh: MobileNet, values: &BTreeMap<String, HostTensor>| -> Result<MobileNet> {
         let mut problem = None;
         let model = params::map(fresh, |key, flat| match values.get(key) {
-            Some(t) if t.shape == flat.dims => Some(Tensor::from_data(TensorData::new(t.data.clone(), [t.data.len()]), &plain)),
+            Some(t) if t.shape == flat.dims => {
+                Some(Tensor::from_data(TensorData::new(t.data.clone(), [t.data.len()]), &plain))
+            }
             Some(t) => {
                 problem.get_or_insert_with(|| format!("'{key}' has shape {:?}, the model {:?}", t.shape, flat.dims));
                 None

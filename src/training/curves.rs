@@ -16,7 +16,8 @@ use crate::training::metrics::EpochMetrics;
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 /// Distinct, colour-blind-friendly line colours (Okabe-Ito).
-pub const COLORS: [[u8; 3]; 6] = [[0, 114, 178], [213, 94, 0], [0, 158, 115], [204, 121, 167], [230, 159, 0], [86, 180, 233]];
+pub const COLORS: [[u8; 3]; 6] =
+    [[0, 114, 178], [213, 94, 0], [0, 158, 115], [204, 121, 167], [230, 159, 0], [86, 180, 233]];
 
 /// One line.
 #[derive(Debug, Clone)]
@@ -83,8 +84,13 @@ fn draw_panel(img: &mut RgbImage, font: &FontRef, panel: &Panel, x0: i32, y0: i3
     draw_text_mut(img, black, px0, y0 + 6, title_scale, font, &panel.title);
 
     let ty = |v: f64| if panel.log_y { v.max(1e-12).log10() } else { v };
-    let points: Vec<(f64, f64)> =
-        panel.series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.1.is_finite()).map(|(x, y)| (x, ty(y))).collect();
+    let points: Vec<(f64, f64)> = panel
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|p| p.1.is_finite())
+        .map(|(x, y)| (x, ty(y)))
+        .collect();
     if points.is_empty() {
         return;
     }
@@ -123,7 +129,8 @@ fn draw_panel(img: &mut RgbImage, font: &FontRef, panel: &Panel, x0: i32, y0: i3
 
     for series in &panel.series {
         let color = Rgb(series.color);
-        let pts: Vec<(f32, f32)> = series.points.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (sx(x), sy(ty(y)))).collect();
+        let pts: Vec<(f32, f32)> =
+            series.points.iter().filter(|p| p.1.is_finite()).map(|&(x, y)| (sx(x), sy(ty(y)))).collect();
         for pair in pts.windows(2) {
             // Three offset strokes make a 2-3 px line.
             for (dx, dy) in [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0)] {
@@ -141,7 +148,8 @@ fn draw_panel(img: &mut RgbImage, font: &FontRef, panel: &Panel, x0: i32, y0: i3
             .iter()
             .filter(|&&(x, y)| {
                 let (px, py) = (sx(x), sy(y));
-                px > (px0 + pw / 2) as f32 && if top { py < (py0 + legend_h) as f32 } else { py > (py0 + ph - legend_h) as f32 }
+                px > (px0 + pw / 2) as f32
+                    && if top { py < (py0 + legend_h) as f32 } else { py > (py0 + ph - legend_h) as f32 }
             })
             .count()
     };
@@ -180,10 +188,8 @@ pub fn training_curves(rows: &[EpochMetrics], path: &Path, title: &str) -> Resul
     };
     let has_ema = rows.iter().any(|r| r.ema_val_top1.is_some());
     let mut loss = vec![series("train", 0, &|r| Some(r.train_loss)), series("val", 1, &|r| Some(r.val_loss))];
-    let mut acc = vec![
-        series("train", 0, &|r| Some(100.0 * r.train_top1)),
-        series("val", 1, &|r| Some(100.0 * r.val_top1)),
-    ];
+    let mut acc =
+        vec![series("train", 0, &|r| Some(100.0 * r.train_top1)), series("val", 1, &|r| Some(100.0 * r.val_top1))];
     if has_ema {
         loss.push(series("EMA val", 2, &|r| r.ema_val_loss));
         acc.push(series("EMA val", 2, &|r| r.ema_val_top1.map(|v| 100.0 * v)));

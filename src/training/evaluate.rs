@@ -9,10 +9,10 @@ use burn::tensor::{Device, Int, Tensor};
 use serde::Serialize;
 
 use crate::data::augment::AugmentConfig;
-use crate::data::Dataset;
-use crate::inference::backend::{Backend, Runner};
-use crate::error::Result;
 use crate::data::loader::{self, Batch, Mode};
+use crate::data::Dataset;
+use crate::error::Result;
+use crate::inference::backend::{Backend, Runner};
 use crate::io::params;
 use crate::models::MobileNet;
 
@@ -91,7 +91,8 @@ pub fn evaluate_with(
         let batch = batch?;
         let n = batch.len();
         let values = runner.logits(&batch.images, n, batch.size, batch.size)?;
-        loss_sum += values.chunks_exact(k).zip(&batch.labels).map(|(z, &y)| host_cross_entropy(z, y as usize)).sum::<f64>();
+        loss_sum +=
+            values.chunks_exact(k).zip(&batch.labels).map(|(z, &y)| host_cross_entropy(z, y as usize)).sum::<f64>();
         for ((hit1, hit5), &label) in topk_hits(&values, k, &batch.labels).into_iter().zip(&batch.labels) {
             top1 += hit1 as usize;
             top5 += hit5 as usize;

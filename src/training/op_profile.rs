@@ -37,7 +37,9 @@ pub fn profile_ops(plan: &Plan, image_size: usize, batch: usize, repeats: usize,
             LayerOp::Conv(c) => {
                 let conv = init::conv(c, device);
                 let kind = if c.is_depthwise() { "depthwise" } else { "conv" };
-                time(format!("{kind} {k}x{k}", k = c.kernel), &|d| median_run::<4, 4>(d, repeats, device, |x| conv.forward(x)));
+                time(format!("{kind} {k}x{k}", k = c.kernel), &|d| {
+                    median_run::<4, 4>(d, repeats, device, |x| conv.forward(x))
+                });
             }
             LayerOp::BatchNorm(c) => {
                 let bn = BatchNorm2d::new(c.out_channels, norm, device);
@@ -54,7 +56,9 @@ pub fn profile_ops(plan: &Plan, image_size: usize, batch: usize, repeats: usize,
                 time("SqueezeExcitation".into(), &|d| median_run::<4, 4>(d, repeats, device, |x| se.forward(x)));
             }
             LayerOp::Residual => time("Add".into(), &|d| median_run::<4, 4>(d, repeats, device, |x| x.clone() + x)),
-            LayerOp::Pool => time("AdaptiveAvgPool2d".into(), &|d| median_run::<4, 4>(d, repeats, device, global_avg_pool)),
+            LayerOp::Pool => {
+                time("AdaptiveAvgPool2d".into(), &|d| median_run::<4, 4>(d, repeats, device, global_avg_pool))
+            }
             LayerOp::Linear(l) => {
                 let linear = init::linear(l.in_features, l.out_features, device);
                 time("Linear".into(), &|d| median_run::<2, 2>(d, repeats, device, |x| linear.forward(x)));

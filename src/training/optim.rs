@@ -162,10 +162,7 @@ impl Optimizer {
                 // timm RMSpropTF: ms starts at 1; ms = α·ms + (1-α)·g²;
                 // buf = μ·buf + lr·g / sqrt(ms + eps); p -= buf.
                 let g = if decays { grad + p.clone().mul_scalar(c.weight_decay) } else { grad };
-                let ms = self
-                    .state
-                    .remove(&key("square_avg"))
-                    .unwrap_or_else(|| p.ones_like());
+                let ms = self.state.remove(&key("square_avg")).unwrap_or_else(|| p.ones_like());
                 let ms = ms.mul_scalar(c.alpha) + g.clone().powi_scalar(2).mul_scalar(1.0 - c.alpha);
                 let step = g.div(ms.clone().add_scalar(c.eps).sqrt()).mul_scalar(lr);
                 self.state.insert(key("square_avg"), ms);
@@ -219,7 +216,8 @@ impl Optimizer {
         self.steps = steps;
         self.state.clear();
         for (k, t) in tensors {
-            let value = t.to_tensor::<1>(device).map_err(|e| Error::InvalidConfig(format!("optimizer state '{k}': {e}")))?;
+            let value =
+                t.to_tensor::<1>(device).map_err(|e| Error::InvalidConfig(format!("optimizer state '{k}': {e}")))?;
             self.state.insert(k, value);
         }
         Ok(())

@@ -112,7 +112,10 @@ fn initial_model(config: &TrainConfig, device: &Device) -> Result<MobileNet> {
     };
     if let Some(stored) = weights::read_config(init)? {
         if stored.spec.arch != config.model.spec.arch {
-            return Err(Error::file(init, format!("holds {}, but --model is {}", stored.spec.arch, config.model.spec.arch)));
+            return Err(Error::file(
+                init,
+                format!("holds {}, but --model is {}", stored.spec.arch, config.model.spec.arch),
+            ));
         }
     }
     let (model, head_loaded) = weights::load_backbone(model, init)?;
@@ -156,7 +159,8 @@ impl RunState {
         // The initial weights (and a replaced classifier) come from the seeded generator too.
         device.seed(config.seed);
         let model = initial_model(&config, device)?;
-        let progress = Progress { epochs_done: 0, optimizer_steps: 0, ema_updates: 0, best_top1: -1.0, best_epoch: None };
+        let progress =
+            Progress { epochs_done: 0, optimizer_steps: 0, ema_updates: 0, best_top1: -1.0, best_epoch: None };
         let ema = Ema::new(&config, None, &model, 0);
         Ok(Self { optimizer: Optimizer::new(config.optimizer), config, model, ema, progress, rows: Vec::new() })
     }
@@ -236,7 +240,8 @@ pub fn run(start: Start, device: &Device) -> Result<Outcome> {
         save_epoch(&mut state, row, &eval_model)?;
     }
     let final_model = evaluation_model(&state, &data, &plain)?;
-    let final_eval = evaluate(&final_model, &data.val, &state.config.augment, eval_batch(&state.config), &plain, |_| {})?;
+    let final_eval =
+        evaluate(&final_model, &data.val, &state.config.augment, eval_batch(&state.config), &plain, |_| {})?;
     Ok(Outcome { output: state.config.output, metrics: state.rows, final_eval })
 }
 
@@ -278,7 +283,14 @@ fn train_epoch(
     let rx = loader::spawn(data.train.clone(), config.augment, order, config.batch_size, mode);
     let bar = progress_bar(steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, config.epochs));
     let start = Instant::now();
-    let mut t = EpochTraining { loss_sum: 0.0, correct: 0, seen: 0, lr: config.schedule.lr(epoch as f64), probe_batch: None, seconds: 0.0 };
+    let mut t = EpochTraining {
+        loss_sum: 0.0,
+        correct: 0,
+        seen: 0,
+        lr: config.schedule.lr(epoch as f64),
+        probe_batch: None,
+        seconds: 0.0,
+    };
     let mut model = state.model;
     for (i, batch) in rx.into_iter().enumerate() {
         let batch = batch?;
@@ -291,7 +303,11 @@ fn train_epoch(
         let loss_value = loss.clone().into_scalar::<f32>() as f64;
         if !loss_value.is_finite() {
             bar.abandon();
-            return Err(Error::NonFiniteLoss { epoch: epoch + 1, batch: i + 1, checkpoint: config.output.join("last.ckpt") });
+            return Err(Error::NonFiniteLoss {
+                epoch: epoch + 1,
+                batch: i + 1,
+                checkpoint: config.output.join("last.ckpt"),
+            });
         }
         let hits = logits.argmax(1).reshape([batch.len()]).equal(y).int().sum().into_scalar::<i64>() as usize;
         let grads = loss.backward();

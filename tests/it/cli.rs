@@ -16,7 +16,8 @@ fn summary_prints_totals() {
     assert!(ok, "{err}");
     assert!(out.lines().any(|l| l == "params: 3504872"), "{out}");
     assert!(out.lines().any(|l| l == "MACs: 300774272"), "{out}");
-    let (ok, out, _) = mobilenet(&["summary", "--model", "v1", "--width-mult", "0.5", "--image-size", "160", "--num-classes", "10"]);
+    let (ok, out, _) =
+        mobilenet(&["summary", "--model", "v1", "--width-mult", "0.5", "--image-size", "160", "--num-classes", "10"]);
     assert!(ok);
     assert!(out.contains("[-1, 512, 5, 5]"), "{out}");
 }
@@ -36,8 +37,19 @@ fn infer_matches_torchvision_on_real_pth() {
     for weights in ["tiny_v3_small.pth", "tiny_v3_small_legacy.pth", "tiny_v3_small.safetensors"] {
         let w = fixture(weights);
         let (ok, _, err) = mobilenet(&[
-            "infer", "--model", "mobilenet_v3_small", "--width-mult", "0.25", "--num-classes", "5",
-            "--weights", w.to_str().unwrap(), "--input", io.to_str().unwrap(), "--output", out.to_str().unwrap(),
+            "infer",
+            "--model",
+            "mobilenet_v3_small",
+            "--width-mult",
+            "0.25",
+            "--num-classes",
+            "5",
+            "--weights",
+            w.to_str().unwrap(),
+            "--input",
+            io.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
         ]);
         assert!(ok, "{weights}: {err}");
         let ours = read_tensor(&out, "logits").unwrap();
@@ -54,7 +66,8 @@ fn infer_rejects_bad_input() {
     let w = fixture("tiny_v3_small.pth");
     let out = dir.join("o.safetensors");
     let run = |input: &std::path::Path, extra: &[&str]| {
-        let mut args = vec!["infer", "--model", "mobilenet_v3_small", "--width-mult", "0.25", "--num-classes", "5", "--weights"];
+        let mut args =
+            vec!["infer", "--model", "mobilenet_v3_small", "--width-mult", "0.25", "--num-classes", "5", "--weights"];
         let wpath = extra.first().copied().unwrap_or(w.to_str().unwrap());
         args.push(wpath);
         args.extend(["--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
@@ -88,10 +101,23 @@ fn infer_rejects_bad_input() {
     // Weights for another width: shape mismatch names the key and both shapes.
     let io = fixture("tiny_v3_small_io.safetensors");
     let (ok, _, err) = mobilenet(&[
-        "infer", "--model", "mobilenet_v3_small", "--num-classes", "5", "--weights", w.to_str().unwrap(),
-        "--input", io.to_str().unwrap(), "--output", out.to_str().unwrap(),
+        "infer",
+        "--model",
+        "mobilenet_v3_small",
+        "--num-classes",
+        "5",
+        "--weights",
+        w.to_str().unwrap(),
+        "--input",
+        io.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
     ]);
-    assert!(!ok && err.contains("features.0.0.weight: shape mismatch: the model has [16, 3, 3, 3], the file has [8, 3, 3, 3]"), "{err}");
+    assert!(
+        !ok && err
+            .contains("features.0.0.weight: shape mismatch: the model has [16, 3, 3, 3], the file has [8, 3, 3, 3]"),
+        "{err}"
+    );
     // A truncated weight file.
     let truncated = dir.join("trunc.pth");
     let bytes = std::fs::read(&w).unwrap();

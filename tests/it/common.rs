@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor};
 use mobilenet::io::tensor_io::{read_tensors, write_tensors, HostTensor};
 use mobilenet::io::weights;
-use mobilenet::{MobileNet};
+use mobilenet::MobileNet;
 
 pub use mobilenet_engine::testing::{fill, uniform, EVAL_CASES};
 
@@ -36,10 +36,8 @@ pub fn parity() -> HashMap<String, HostTensor> {
 /// Writes a torchvision-layout safetensors file filled by [`fill`] for the given keys and shapes
 /// and loads it into `model` through the normal loader.
 pub fn load_filled(model: MobileNet, keys: &[(String, Vec<usize>)], dir: &Path) -> MobileNet {
-    let tensors: Vec<(String, HostTensor)> = keys
-        .iter()
-        .map(|(k, s)| (k.clone(), HostTensor { shape: s.clone(), data: fill(k, s) }))
-        .collect();
+    let tensors: Vec<(String, HostTensor)> =
+        keys.iter().map(|(k, s)| (k.clone(), HostTensor { shape: s.clone(), data: fill(k, s) })).collect();
     let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let path = dir.join("filled.safetensors");
     write_tensors(&path, &refs).unwrap();
@@ -52,9 +50,7 @@ pub fn torchvision_keys() -> HashMap<String, Vec<(String, Vec<usize>)>> {
 }
 
 pub fn input(name: &str, shape: &[usize], device: &Device) -> Tensor<4> {
-    HostTensor { shape: shape.to_vec(), data: uniform(name, shape.iter().product()) }
-        .to_tensor::<4>(device)
-        .unwrap()
+    HostTensor { shape: shape.to_vec(), data: uniform(name, shape.iter().product()) }.to_tensor::<4>(device).unwrap()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -2,13 +2,12 @@
 //! of every model and width, at other (odd) input sizes and widths, with every instruction set
 //! this CPU has; and it fails cleanly on bad files and inputs.
 
-use burn::tensor::Device;
 use crate::common::*;
+use burn::tensor::Device;
 use mobilenet::inference::backend::{self as engine, EngineOptions, Images, Isa};
 use mobilenet::io::tensor_io::HostTensor;
 use mobilenet::io::weights;
 use mobilenet::{Arch, MobileNet, ModelConfig};
-
 
 /// `model` with every tensor (BN statistics included) set by the fixtures' deterministic filler.
 fn filled(config: &ModelConfig, dir: &std::path::Path) -> MobileNet {

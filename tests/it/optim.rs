@@ -1,12 +1,12 @@
 //! Optimizer updates against torch (SGD with Nesterov, AdamW) and timm's RMSpropTF, the LR
 //! schedules, and the loss with label smoothing.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use crate::common::*;
-use mobilenet::training::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use mobilenet::io::params::Flat;
-use mobilenet::training::schedule::{Schedule, ScheduleKind};
 use mobilenet::io::tensor_io::{read_tensors, HostTensor};
+use mobilenet::training::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use mobilenet::training::schedule::{Schedule, ScheduleKind};
 
 fn flat(t: &HostTensor, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(t.data.clone(), [t.data.len()]), device)
@@ -16,7 +16,9 @@ fn flat(t: &HostTensor, device: &Device) -> Tensor<1> {
 fn optimizers_match_torch() {
     let device = Device::flex();
     let fx = read_tensors(&fixture("optim.safetensors")).unwrap();
-    for (kind, name) in [(OptimizerKind::Sgd, "sgd"), (OptimizerKind::Adamw, "adamw"), (OptimizerKind::Rmsproptf, "rmsproptf")] {
+    for (kind, name) in
+        [(OptimizerKind::Sgd, "sgd"), (OptimizerKind::Adamw, "adamw"), (OptimizerKind::Rmsproptf, "rmsproptf")]
+    {
         let mut config = OptimizerConfig::new(kind);
         config.nesterov = true;
         config.weight_decay = 0.01;
@@ -40,7 +42,16 @@ fn optimizers_match_torch() {
 
 #[test]
 fn schedules() {
-    let s = Schedule { kind: ScheduleKind::Cosine, base_lr: 0.1, epochs: 10, warmup_epochs: 1.0, warmup_factor: 0.01, step_size: 3, gamma: 0.1, min_lr: 0.0 };
+    let s = Schedule {
+        kind: ScheduleKind::Cosine,
+        base_lr: 0.1,
+        epochs: 10,
+        warmup_epochs: 1.0,
+        warmup_factor: 0.01,
+        step_size: 3,
+        gamma: 0.1,
+        min_lr: 0.0,
+    };
     assert!((s.lr(0.0) - 0.001).abs() < 1e-12);
     assert!((s.lr(0.5) - 0.1 * (0.01 + 0.99 * 0.5)).abs() < 1e-12);
     assert!((s.lr(1.0) - 0.1).abs() < 1e-12);

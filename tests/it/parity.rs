@@ -1,10 +1,9 @@
 //! Numerical parity with torchvision (fixtures from tools/fixtures/make_fixtures.py).
 
-use burn::tensor::{Device, Tensor};
 use crate::common::*;
+use burn::tensor::{Device, Tensor};
 use mobilenet::io::tensor_io::HostTensor;
 use mobilenet::{Arch, MobileNet, ModelConfig};
-
 
 fn case(arch: &str, width: f64) -> String {
     format!("{arch}_w{width:.1}")
@@ -83,7 +82,9 @@ fn train_step_matches_torchvision() {
         let parts: Vec<&str> = key.split('.').collect();
         let MobileNet::V3(m) = &model else { unreachable!() };
         let g: HostTensor = match parts.as_slice() {
-            ["features", "0", "0", "weight"] => HostTensor::from_tensor(m.features.stem.conv.weight.grad(&grads).unwrap()),
+            ["features", "0", "0", "weight"] => {
+                HostTensor::from_tensor(m.features.stem.conv.weight.grad(&grads).unwrap())
+            }
             ["features", "1", "block", "0", "0", "weight"] => {
                 HostTensor::from_tensor(m.features.blocks[0].block.depthwise.conv.weight.grad(&grads).unwrap())
             }
@@ -98,7 +99,9 @@ fn train_step_matches_torchvision() {
         };
         g.data
     };
-    for key in ["features.0.0.weight", "features.1.block.0.0.weight", "features.4.block.1.0.weight", "classifier.3.weight"] {
+    for key in
+        ["features.0.0.weight", "features.1.block.0.0.weight", "features.4.block.1.0.weight", "classifier.3.weight"]
+    {
         let expected = &fixtures[&format!("train.grad.{key}")];
         let err = rel_err(&grad_of(key), &expected.data);
         eprintln!("grad {key}: max rel err {err:.2e}");

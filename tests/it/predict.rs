@@ -7,8 +7,8 @@ use std::process::Command;
 
 use crate::common::*;
 use mobilenet::data::labels::Labels;
-use mobilenet::inference::predict::{Classifier, ImageResult};
 use mobilenet::data::preprocess::{self, Preprocess};
+use mobilenet::inference::predict::{Classifier, ImageResult};
 use mobilenet::io::tensor_io::read_tensors;
 use mobilenet::io::weights;
 use mobilenet::{Arch, ModelConfig};

@@ -39,7 +39,11 @@ fn traced_shapes_match_forward_at_odd_sizes() {
                 let row = trace
                     .rows
                     .iter()
-                    .rfind(|r| r.path == prefix || r.path.starts_with(&format!("{prefix}.")) || r.path.starts_with(&format!("{prefix} ")))
+                    .rfind(|r| {
+                        r.path == prefix
+                            || r.path.starts_with(&format!("{prefix}."))
+                            || r.path.starts_with(&format!("{prefix} "))
+                    })
                     .unwrap();
                 assert_eq!(out.dims()[1..].to_vec(), row.output_shape, "{arch} {size} {prefix}");
             }

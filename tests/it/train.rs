@@ -41,7 +41,8 @@ fn small_idx(dir: &Path, n_train: usize, n_val: usize) {
     std::fs::write(dir.join("classes.txt"), splits.train.classes.join("\n")).unwrap();
 }
 
-const TINY: [&str; 10] = ["--model", "v3_small", "--width-mult", "0.25", "--batch-size", "32", "--image-size", "32", "--ema-decay", "0.9"];
+const TINY: [&str; 10] =
+    ["--model", "v3_small", "--width-mult", "0.25", "--batch-size", "32", "--image-size", "32", "--ema-decay", "0.9"];
 
 fn train_args(data: &Path, out: &Path, epochs: usize) -> Vec<String> {
     let mut args: Vec<String> = ["train", "--data", data.to_str().unwrap(), "--output", out.to_str().unwrap()]
@@ -79,7 +80,8 @@ fn resume_after_kill_is_exact() {
 
     // The same run, killed with SIGKILL during its second epoch, then resumed.
     let killed = dir.join("killed");
-    let mut child = bin().args(train_args(&data_dir, &killed, 3)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        bin().args(train_args(&data_dir, &killed, 3)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let start = Instant::now();
     while checkpoint_epochs(&killed.join("last.ckpt")) != Some(1) {
         assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint after epoch 1");
@@ -121,7 +123,10 @@ fn non_finite_loss_stops_with_the_last_good_checkpoint() {
     let out_dir = dir.join("run");
     let mut args = train_args(&data_dir, &out_dir, 3);
     // Epoch 1 at lr 0.01, then lr 1e12: the loss overflows in epoch 2.
-    args.extend(["--lr", "0.01", "--lr-scheduler", "step", "--lr-step-size", "1", "--lr-gamma", "1e14", "--warmup-epochs", "0"].map(String::from));
+    args.extend(
+        ["--lr", "0.01", "--lr-scheduler", "step", "--lr-step-size", "1", "--lr-gamma", "1e14", "--warmup-epochs", "0"]
+            .map(String::from),
+    );
     let out = bin().args(&args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -129,7 +134,8 @@ fn non_finite_loss_stops_with_the_last_good_checkpoint() {
     assert!(stderr.contains("last.ckpt"), "{stderr}");
     assert_eq!(checkpoint_epochs(&out_dir.join("last.ckpt")), Some(1));
     // The checkpoint is whole: it loads.
-    mobilenet::training::checkpoint::load(&out_dir.join("last.ckpt"), &burn::tensor::Device::flex().autodiff()).unwrap();
+    mobilenet::training::checkpoint::load(&out_dir.join("last.ckpt"), &burn::tensor::Device::flex().autodiff())
+        .unwrap();
 }
 
 #[test]
@@ -142,10 +148,23 @@ fn eval_and_recalibrate_on_a_trained_run() {
     let weights = run.join("last.safetensors");
 
     // The table, with one row per class.
-    let out = run_ok(&["eval".into(), "--weights".into(), weights.to_str().unwrap().into(), "--data".into(), data_dir.to_str().unwrap().into()]);
+    let out = run_ok(&[
+        "eval".into(),
+        "--weights".into(),
+        weights.to_str().unwrap().into(),
+        "--data".into(),
+        data_dir.to_str().unwrap().into(),
+    ]);
     assert!(out.contains("top-1:") && out.contains("top-5:") && out.contains("Ankle boot"), "{out}");
     // JSON agrees with the last epoch's val metrics (same weights, same transform).
-    let json = run_ok(&["eval".into(), "--json".into(), "--weights".into(), weights.to_str().unwrap().into(), "--data".into(), data_dir.to_str().unwrap().into()]);
+    let json = run_ok(&[
+        "eval".into(),
+        "--json".into(),
+        "--weights".into(),
+        weights.to_str().unwrap().into(),
+        "--data".into(),
+        data_dir.to_str().unwrap().into(),
+    ]);
     let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
     let rows = mobilenet::training::metrics::read_metrics(&run.join("metrics.csv"));
     let last = rows.last().unwrap();
@@ -157,16 +176,30 @@ fn eval_and_recalibrate_on_a_trained_run() {
     // recalibrate-bn writes weights whose running statistics changed and that still load.
     let recal = dir.join("recal.safetensors");
     run_ok(&[
-        "recalibrate-bn".into(), "--weights".into(), weights.to_str().unwrap().into(), "--data".into(),
-        data_dir.to_str().unwrap().into(), "--batches".into(), "5".into(), "--batch-size".into(), "32".into(),
-        "--output".into(), recal.to_str().unwrap().into(),
+        "recalibrate-bn".into(),
+        "--weights".into(),
+        weights.to_str().unwrap().into(),
+        "--data".into(),
+        data_dir.to_str().unwrap().into(),
+        "--batches".into(),
+        "5".into(),
+        "--batch-size".into(),
+        "32".into(),
+        "--output".into(),
+        recal.to_str().unwrap().into(),
     ]);
     let before = read_tensors(&weights).unwrap();
     let after = read_tensors(&recal).unwrap();
     let key = "features.0.1.running_mean";
     assert!(max_abs_diff(&before[key].data, &after[key].data) > 1e-6);
     assert_eq!(before["features.0.0.weight"], after["features.0.0.weight"], "weights must stay frozen");
-    let out = run_ok(&["eval".into(), "--weights".into(), recal.to_str().unwrap().into(), "--data".into(), data_dir.to_str().unwrap().into()]);
+    let out = run_ok(&[
+        "eval".into(),
+        "--weights".into(),
+        recal.to_str().unwrap().into(),
+        "--data".into(),
+        data_dir.to_str().unwrap().into(),
+    ]);
     assert!(out.contains("top-1:"));
 }
 
@@ -217,7 +250,6 @@ fn bad_data_is_a_clear_error() {
     assert_eq!(splits.val.len(), 2);
 }
 
-
 #[test]
 fn fine_tune_from_torchvision_weights_with_frozen_backbone() {
     let dir = temp_dir("finetune");
@@ -227,9 +259,25 @@ fn fine_tune_from_torchvision_weights_with_frozen_backbone() {
     // tiny_v3_small.pth is a torchvision state dict with 5 classes; the data has 10.
     let init = fixture("tiny_v3_small.pth");
     let args: Vec<String> = [
-        "train", "--data", data_dir.to_str().unwrap(), "--output", run.to_str().unwrap(), "--model", "v3_small",
-        "--width-mult", "0.25", "--batch-size", "32", "--epochs", "1", "--init", init.to_str().unwrap(),
-        "--freeze-backbone", "--freeze-bn", "--lr", "0.05",
+        "train",
+        "--data",
+        data_dir.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+        "--model",
+        "v3_small",
+        "--width-mult",
+        "0.25",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--init",
+        init.to_str().unwrap(),
+        "--freeze-backbone",
+        "--freeze-bn",
+        "--lr",
+        "0.05",
     ]
     .map(String::from)
     .to_vec();
@@ -237,9 +285,19 @@ fn fine_tune_from_torchvision_weights_with_frozen_backbone() {
     let after = read_tensors(&run.join("last.safetensors")).unwrap();
     assert_eq!(after["classifier.3.weight"].shape, vec![10, 1024 / 4]);
     // The backbone, BN statistics included, is exactly the pretrained one; the head moved.
-    let pretrained = mobilenet::io::weights::load(&init, Some(&mobilenet::ModelConfig::new(mobilenet::Arch::V3Small).with_width_mult(0.25).with_num_classes(5)), &burn::tensor::Device::flex()).unwrap();
+    let pretrained = mobilenet::io::weights::load(
+        &init,
+        Some(&mobilenet::ModelConfig::new(mobilenet::Arch::V3Small).with_width_mult(0.25).with_num_classes(5)),
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap();
     let pre = mobilenet::io::params::collect(&pretrained);
-    for key in ["features.0.0.weight", "features.5.block.2.fc1.weight", "features.3.block.0.1.running_var", "classifier.0.weight"] {
+    for key in [
+        "features.0.0.weight",
+        "features.5.block.2.fc1.weight",
+        "features.3.block.0.1.running_var",
+        "classifier.0.weight",
+    ] {
         let p = HostTensorExt::of(&pre[key]);
         let mut a = after[key].data.clone();
         if key == "classifier.0.weight" {

@@ -2,8 +2,8 @@
 // burn's `slice` takes one range per dimension: `[0..1]` is a one-dimension slice, not a typo.
 #![allow(clippy::single_range_in_vec_init)]
 
-use burn::tensor::{Device, Tensor};
 use crate::common::*;
+use burn::tensor::{Device, Tensor};
 use mobilenet::io::tensor_io::{read_tensors, HostTensor};
 use mobilenet::io::weights;
 use mobilenet::{Arch, Error, MobileNet, ModelConfig};

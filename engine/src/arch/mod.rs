@@ -144,7 +144,13 @@ fn default_v1_activation() -> Activation {
 impl ModelSpec {
     /// torchvision's defaults: 1000 classes, width 1.0.
     pub fn new(arch: Arch) -> Self {
-        Self { arch, num_classes: 1000, width_mult: 1.0, norm_eps: arch.default_norm_eps(), v1_activation: Activation::Relu }
+        Self {
+            arch,
+            num_classes: 1000,
+            width_mult: 1.0,
+            norm_eps: arch.default_norm_eps(),
+            v1_activation: Activation::Relu,
+        }
     }
 
     pub fn with_num_classes(mut self, num_classes: usize) -> Self {

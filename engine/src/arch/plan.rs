@@ -359,7 +359,11 @@ fn v3_features(spec: &ModelSpec) -> Vec<Stage> {
         layers.push(BlockLayer::Conv(conv_norm_act(&format!("{p}.{j}"), exp, exp, row.kernel, row.stride, true, act)));
         if row.use_se {
             let key = format!("{p}.{}", layers.len());
-            layers.push(BlockLayer::SqueezeExcite(SqueezeExcite { key, channels: exp, squeeze_channels: row.squeeze_channels() }));
+            layers.push(BlockLayer::SqueezeExcite(SqueezeExcite {
+                key,
+                channels: exp,
+                squeeze_channels: row.squeeze_channels(),
+            }));
         }
         let j = layers.len();
         layers.push(BlockLayer::Conv(conv_norm_act(&format!("{p}.{j}"), exp, out, 1, 1, false, None)));
@@ -398,7 +402,10 @@ mod tests {
         let v2 = Plan::new(&ModelSpec::new(Arch::V2)).unwrap();
         let keys = all_keys(&v2);
         // t = 1 block has no expand conv: its depthwise conv is `conv.0`, projection `conv.1`/`conv.2`.
-        assert_eq!(&keys[2..6], ["features.1.conv.0.0", "features.1.conv.0.1", "features.1.conv.1", "features.1.conv.2"]);
+        assert_eq!(
+            &keys[2..6],
+            ["features.1.conv.0.0", "features.1.conv.0.1", "features.1.conv.1", "features.1.conv.2"]
+        );
         assert_eq!(keys.last().unwrap(), "classifier.1");
         assert!(keys.contains(&"features.18.0".to_string()));
         let v3 = Plan::new(&ModelSpec::new(Arch::V3Small)).unwrap();

@@ -114,7 +114,7 @@ pub const V3_LARGE_LAST_CHANNELS: usize = 1280; // C5
 
 /// The paper's Table 2 (MobileNetV3-Small).
 pub const V3_SMALL_BNECK: [BneckConfig; 11] = [
-    bneck(16, 3, 16, 16, true, RE, 2), // C1
+    bneck(16, 3, 16, 16, true, RE, 2),  // C1
     bneck(16, 3, 72, 24, false, RE, 2), // C2
     bneck(24, 3, 88, 24, false, RE, 1),
     bneck(24, 5, 96, 40, true, HS, 2), // C3

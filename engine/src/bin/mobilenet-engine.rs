@@ -111,6 +111,11 @@ fn print_profile(layers: &[mobilenet_engine::LayerProfile]) {
     }
     println!("\nby kind, each step alone (sum {total:.3} ms; in whole passes the steps take {total_net:.3} ms):");
     for (kind, ms, macs) in kinds {
-        println!("  {kind:<16} {ms:>8.3} ms {:>5.1}%  {:>8.1} MMACs  {:>6.1} GMAC/s", 100.0 * ms / total, macs as f64 / 1e6, macs as f64 / ms / 1e6);
+        println!(
+            "  {kind:<16} {ms:>8.3} ms {:>5.1}%  {:>8.1} MMACs  {:>6.1} GMAC/s",
+            100.0 * ms / total,
+            macs as f64 / 1e6,
+            macs as f64 / ms / 1e6
+        );
     }
 }

@@ -52,8 +52,8 @@ pub fn par_ranges(total: usize, min_per_task: usize, f: impl Fn(usize, usize) + 
     (0..tasks).into_par_iter().for_each(|t| f(t * total / tasks, (t + 1) * total / tasks));
 }
 
-/// Conv, then BatchNorm and activation (and the residual add).
-pub fn conv_forward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, partials: &mut [f64], images: &[f32]) {
+/// The conv alone (its output `z`); [`bn_forward`] follows.
+pub fn conv_forward(ctx: &Ctx, node: &mut ConvNode, images: &[f32]) {
     let isa = ctx.isa;
     let n = ctx.n;
     let rows = n * node.out_rows_per_image();
@@ -78,7 +78,6 @@ pub fn conv_forward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, par
             par_ranges(n, 1, |n0, n1| unsafe { depthwise_forward(isa, &g, xp.get(), taps.get(), zp.get(), n0, n1) });
         }
     }
-    bn_forward(ctx, node, params, partials);
 }
 
 /// BatchNorm (statistics, running-statistics update in train mode), activation, residual.

@@ -309,6 +309,9 @@ fn gemm_speed() {
         (96, 576, 8192, true, "dW 96x576 over 8192"),
         (1024, 576, 128, true, "linear dW 1024x576 over 128"),
         (96, 16, 32768, true, "dW 96x16 over 32768"),
+        (128, 576, 1024, false, "linear dX 1024->576 (M=128)"),
+        (128, 144, 576, false, "SE fc1 576->144 (M=128)"),
+        (576, 144, 128, true, "SE fc2 dW 576x144 over 128"),
     ] {
         let lda = if ta { m } else { k };
         let a: Vec<f32> = (0..(if ta { k } else { m }) * lda).map(|i| (i % 7) as f32 * 0.1).collect();
@@ -322,5 +325,19 @@ fn gemm_speed() {
         }
         let s = t.elapsed().as_secs_f64() / runs as f64;
         println!("{what:<32} {:>7.3} ms {:>6.1} GFLOP/s", s * 1e3, 2.0 * (m * n * k) as f64 / s / 1e9);
+    }
+    // Row-major B with a long row (ldb 1024) against a packed panel (ldb 32).
+    for ldb in [32usize, 1024] {
+        let (m, n, k) = (8192, 32, 576);
+        let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..k * ldb).map(|i| (i % 5) as f32 * 0.1).collect();
+        let mut c = vec![0.0f32; m * n];
+        let mm = MatMul { m, n, k, a: a.as_ptr(), lda: k, trans_a: false, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc: n, accumulate: false };
+        let t = std::time::Instant::now();
+        for _ in 0..20 {
+            unsafe { matmul_block(isa, &mm, 0, m, 0, n) };
+        }
+        let s = t.elapsed().as_secs_f64() / 20.0;
+        println!("B panel ldb {ldb:<5}                   {:>7.3} ms {:>6.1} GFLOP/s", s * 1e3, 2.0 * (m * n * k) as f64 / s / 1e9);
     }
 }

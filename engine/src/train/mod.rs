@@ -85,7 +85,8 @@ pub struct LayerTime {
     pub key: String,
     /// `stem`, `pointwise`, `depthwise`, `squeeze-excite` or `head`.
     pub kind: &'static str,
-    /// `forward` or `backward`.
+    /// `forward`, `backward`, or for convs `forward conv`, `forward bn+act`, `backward bn+act`,
+    /// `backward conv`.
     pub phase: &'static str,
     pub seconds: f64,
 }
@@ -465,8 +466,10 @@ impl Trainer {
             for node in nodes.iter_mut() {
                 match node {
                     Node::Conv(c) => {
-                        forward::conv_forward(&ctx, c, params, bn_partials, images);
-                        lap(c.kind.name(), &c.layer.conv_key, "forward");
+                        forward::conv_forward(&ctx, c, images);
+                        lap(c.kind.name(), &c.layer.conv_key, "forward conv");
+                        forward::bn_forward(&ctx, c, params, bn_partials);
+                        lap(c.kind.name(), &c.layer.conv_key, "forward bn+act");
                     }
                     Node::Se(se) => {
                         forward::se_forward(&ctx, se);
@@ -507,6 +510,7 @@ impl Trainer {
                             cur
                         };
                         backward::bn_backward(&ctx, c, params, bn_partials, buf(cur), buf(dz));
+                        lap(c.kind.name(), &c.layer.conv_key, "backward bn+act");
                         let dx = (c.kind != ConvKind::Stem).then(|| free(dz, skip));
                         backward::conv_backward(&ctx, c, params, dw_partials, buf(dz), dx.map(buf));
                         if let Some(dx) = dx {
@@ -518,7 +522,7 @@ impl Trainer {
                             }
                             cur = dx;
                         }
-                        lap(c.kind.name(), &c.layer.conv_key, "backward");
+                        lap(c.kind.name(), &c.layer.conv_key, "backward conv");
                     }
                     Node::Se(se) => {
                         let dx = free(cur, skip);

@@ -14,7 +14,8 @@ use mobilenet_engine::{Arch, ModelSpec};
 
 fn main() {
     let mut model = "v3_small".to_string();
-    let (mut batch, mut size, mut threads, mut steps, mut classes, mut width) = (128usize, 32usize, 2usize, 10usize, 10usize, 1.0f64);
+    let (mut batch, mut size, mut threads, mut steps, mut classes, mut width) =
+        (128usize, 32usize, 2usize, 10usize, 10usize, 1.0f64);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < args.len() {
@@ -63,7 +64,14 @@ fn main() {
         let total: f64 = prof.iter().map(|p| p.seconds).sum();
         prof.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         for p in prof.iter().take(15) {
-            println!("{:>7.2} ms {:>5.1}%  {:<16} {:<14} {}", p.seconds / 3.0 * 1e3, p.seconds / total * 100.0, p.phase, p.kind, p.key);
+            println!(
+                "{:>7.2} ms {:>5.1}%  {:<16} {:<14} {}",
+                p.seconds / 3.0 * 1e3,
+                p.seconds / total * 100.0,
+                p.phase,
+                p.kind,
+                p.key
+            );
         }
         let mut kinds: Vec<(&str, &str, f64)> = Vec::new();
         for p in &prof {
@@ -85,5 +93,10 @@ fn main() {
         trainer.isa(),
         trainer.arena_bytes() as f64 / 1e6
     );
-    println!("min_ms={:.1} median_ms={median:.1} max_ms={:.1} images_per_s={:.0}", times[0], times[times.len() - 1], batch as f64 / median * 1e3);
+    println!(
+        "min_ms={:.1} median_ms={median:.1} max_ms={:.1} images_per_s={:.0}",
+        times[0],
+        times[times.len() - 1],
+        batch as f64 / median * 1e3
+    );
 }

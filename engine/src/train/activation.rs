@@ -79,8 +79,20 @@ pub fn act_scalar(x: f32, act: u8) -> f32 {
 /// Scalar `dy · act'(x)` (f32), the conventions of [`act_backward`].
 pub fn act_grad_scalar(x: f32, dy: f32, act: u8) -> f32 {
     match act {
-        ACT_RELU => if x > 0.0 { dy } else { 0.0 },
-        ACT_RELU6 => if x > 0.0 && x < 6.0 { dy } else { 0.0 },
+        ACT_RELU => {
+            if x > 0.0 {
+                dy
+            } else {
+                0.0
+            }
+        }
+        ACT_RELU6 => {
+            if x > 0.0 && x < 6.0 {
+                dy
+            } else {
+                0.0
+            }
+        }
         ACT_HARDSWISH => {
             if x < -3.0 {
                 0.0
@@ -90,7 +102,13 @@ pub fn act_grad_scalar(x: f32, dy: f32, act: u8) -> f32 {
                 dy
             }
         }
-        ACT_HARDSIGMOID => if x > -3.0 && x < 3.0 { dy * (1.0 / 6.0) } else { 0.0 },
+        ACT_HARDSIGMOID => {
+            if x > -3.0 && x < 3.0 {
+                dy * (1.0 / 6.0)
+            } else {
+                0.0
+            }
+        }
         _ => dy,
     }
 }
@@ -119,7 +137,13 @@ pub fn act_grad_f64(x: f64, act: u8) -> f64 {
                 1.0
             }
         }
-        ACT_HARDSIGMOID => if x > -3.0 && x < 3.0 { 1.0 / 6.0 } else { 0.0 },
+        ACT_HARDSIGMOID => {
+            if x > -3.0 && x < 3.0 {
+                1.0 / 6.0
+            } else {
+                0.0
+            }
+        }
         _ => 1.0,
     }
 }

@@ -37,7 +37,19 @@ pub fn bn_backward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, part
         let out = Ptr::new(partials.as_mut_ptr());
         (0..ctx.chunks).into_par_iter().for_each(|ch| {
             let (n0, n1) = ctx.chunk(ch);
-            unsafe { bn_backward_sums(isa, z.get(), dy.get(), cp, n0 * per_image, n1 * per_image, &k, act, out.at(ch * 2 * cp)) };
+            unsafe {
+                bn_backward_sums(
+                    isa,
+                    z.get(),
+                    dy.get(),
+                    cp,
+                    n0 * per_image,
+                    n1 * per_image,
+                    &k,
+                    act,
+                    out.at(ch * 2 * cp),
+                )
+            };
         });
     }
     let m = rows as f64;
@@ -57,13 +69,27 @@ pub fn bn_backward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, part
         bn.b[ch] = (-a * dbeta / m) as f32;
         bn.cc[ch] = (-a * rstd * dgamma / m) as f32;
     }
-    let k = BnBackward { scale: bn.scale.as_ptr(), shift: bn.shift.as_ptr(), mean: bn.mean.as_ptr(), a: bn.a.as_ptr(), b: bn.b.as_ptr(), cc: bn.cc.as_ptr() };
+    let k = BnBackward {
+        scale: bn.scale.as_ptr(),
+        shift: bn.shift.as_ptr(),
+        mean: bn.mean.as_ptr(),
+        a: bn.a.as_ptr(),
+        b: bn.b.as_ptr(),
+        cc: bn.cc.as_ptr(),
+    };
     par_ranges(rows, 64, |r0, r1| unsafe { bn_backward_apply(isa, z.get(), dy.get(), cp, r0, r1, &k, act, dz.get()) });
 }
 
 /// The conv's weight gradient (into the store, torch's layout) and, unless `dx` is None (the
 /// stem), its input gradient.
-pub fn conv_backward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, dw_partials: &mut [f32], dz: Ptr, dx: Option<Ptr>) {
+pub fn conv_backward(
+    ctx: &Ctx,
+    node: &mut ConvNode,
+    params: &mut ParamStore,
+    dw_partials: &mut [f32],
+    dz: Ptr,
+    dx: Option<Ptr>,
+) {
     let isa = ctx.isa;
     let n = ctx.n;
     let rows = n * node.out_rows_per_image();
@@ -103,7 +129,9 @@ pub fn conv_backward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, dw
             }
             if let Some(dx) = dx {
                 let taps = Ptr::new(node.taps.as_ptr() as *mut f32);
-                par_ranges(n, 1, |n0, n1| unsafe { depthwise_input_grad(isa, &g, dz.get(), taps.get(), dx.get(), n0, n1) });
+                par_ranges(n, 1, |n0, n1| unsafe {
+                    depthwise_input_grad(isa, &g, dz.get(), taps.get(), dx.get(), n0, n1)
+                });
             }
         }
     }
@@ -156,7 +184,16 @@ pub fn se_backward(ctx: &Ctx, se: &mut SeNode, params: &mut ParamStore, dy: Ptr,
 
 /// The classifier backward: `gs[i + 1]` holds the gradient of layer i's output; fills `gs[i]`
 /// down to `gs[0]` (the pooled features'), and the Linears' gradients.
-pub fn head_backward(isa: Isa, head: &mut [HeadNode], widths: &[usize], xs: &[Vec<f32>], gs: &mut [Vec<f32>], masks: &[Vec<f32>], n: usize, params: &mut ParamStore) {
+pub fn head_backward(
+    isa: Isa,
+    head: &mut [HeadNode],
+    widths: &[usize],
+    xs: &[Vec<f32>],
+    gs: &mut [Vec<f32>],
+    masks: &[Vec<f32>],
+    n: usize,
+    params: &mut ParamStore,
+) {
     for (i, layer) in head.iter_mut().enumerate().rev() {
         let (before, after) = gs.split_at_mut(i + 1);
         let (gin, gout) = (&mut before[i], &after[0]);

@@ -26,7 +26,15 @@ const NV: usize = 4;
 
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn sums_block<S: TrainSimd, const V: usize>(z: *const f32, c: usize, r0: usize, r1: usize, ch: usize, shift: *const f32, out: *mut f64) {
+unsafe fn sums_block<S: TrainSimd, const V: usize>(
+    z: *const f32,
+    c: usize,
+    r0: usize,
+    r1: usize,
+    ch: usize,
+    shift: *const f32,
+    out: *mut f64,
+) {
     let mut s = [S::zero(); V];
     for v in 0..V {
         s[v] = S::load(shift.add(ch + v * S::LANES));
@@ -184,7 +192,15 @@ unsafe fn bwd_sums_block<S: TrainSimd, const ACT: u8, const V: usize>(
 }
 
 #[inline(always)]
-unsafe fn bwd_sums_act<S: TrainSimd, const ACT: u8>(z: *const f32, dy: *const f32, c: usize, r0: usize, r1: usize, k: &BnBackward, out: *mut f64) {
+unsafe fn bwd_sums_act<S: TrainSimd, const ACT: u8>(
+    z: *const f32,
+    dy: *const f32,
+    c: usize,
+    r0: usize,
+    r1: usize,
+    k: &BnBackward,
+    out: *mut f64,
+) {
     for i in 0..2 * c {
         *out.add(i) = 0.0;
     }
@@ -200,7 +216,16 @@ unsafe fn bwd_sums_act<S: TrainSimd, const ACT: u8>(z: *const f32, dy: *const f3
 }
 
 #[inline(always)]
-unsafe fn bwd_sums_generic<S: TrainSimd>(z: *const f32, dy: *const f32, c: usize, r0: usize, r1: usize, k: &BnBackward, act: u8, out: *mut f64) {
+unsafe fn bwd_sums_generic<S: TrainSimd>(
+    z: *const f32,
+    dy: *const f32,
+    c: usize,
+    r0: usize,
+    r1: usize,
+    k: &BnBackward,
+    act: u8,
+    out: *mut f64,
+) {
     with_train_act!(act, bwd_sums_act::<S>(z, dy, c, r0, r1, k, out))
 }
 
@@ -208,13 +233,24 @@ unsafe fn bwd_sums_generic<S: TrainSimd>(z: *const f32, dy: *const f32, c: usize
 multiversion!(pub fn bn_backward_sums(z: *const f32, dy: *const f32, c: usize, r0: usize, r1: usize, k: &BnBackward, act: u8, out: *mut f64) => bwd_sums_generic);
 
 #[inline(always)]
-unsafe fn bwd_apply_act<S: TrainSimd, const ACT: u8>(z: *const f32, dy: *const f32, c: usize, r0: usize, r1: usize, k: &BnBackward, dz: *mut f32) {
+unsafe fn bwd_apply_act<S: TrainSimd, const ACT: u8>(
+    z: *const f32,
+    dy: *const f32,
+    c: usize,
+    r0: usize,
+    r1: usize,
+    k: &BnBackward,
+    dz: *mut f32,
+) {
     for row in r0..r1 {
         let mut ch = 0;
         while ch < c {
             let i = row * c + ch;
             let zv = S::load(z.add(i));
-            let g = act_backward::<S, ACT>(S::fma(zv, S::load(k.scale.add(ch)), S::load(k.shift.add(ch))), S::load(dy.add(i)));
+            let g = act_backward::<S, ACT>(
+                S::fma(zv, S::load(k.scale.add(ch)), S::load(k.shift.add(ch))),
+                S::load(dy.add(i)),
+            );
             let centred = S::sub(zv, S::load(k.mean.add(ch)));
             let out = S::fma(S::load(k.a.add(ch)), g, S::fma(S::load(k.cc.add(ch)), centred, S::load(k.b.add(ch))));
             S::store(dz.add(i), out);
@@ -224,7 +260,16 @@ unsafe fn bwd_apply_act<S: TrainSimd, const ACT: u8>(z: *const f32, dy: *const f
 }
 
 #[inline(always)]
-unsafe fn bwd_apply_generic<S: TrainSimd>(z: *const f32, dy: *const f32, c: usize, r0: usize, r1: usize, k: &BnBackward, act: u8, dz: *mut f32) {
+unsafe fn bwd_apply_generic<S: TrainSimd>(
+    z: *const f32,
+    dy: *const f32,
+    c: usize,
+    r0: usize,
+    r1: usize,
+    k: &BnBackward,
+    act: u8,
+    dz: *mut f32,
+) {
     with_train_act!(act, bwd_apply_act::<S>(z, dy, c, r0, r1, k, dz))
 }
 
@@ -266,19 +311,42 @@ mod tests {
                     let var: Vec<f64> = (0..c).map(|ch| (sums[c + ch] / m - (sums[ch] / m).powi(2)).max(0.0)).collect();
                     let rstd: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
                     let scale: Vec<f32> = (0..c).map(|ch| (gamma[ch] as f64 * rstd[ch]) as f32).collect();
-                    let shift: Vec<f32> = (0..c).map(|ch| (beta[ch] as f64 - mean[ch] * gamma[ch] as f64 * rstd[ch]) as f32).collect();
+                    let shift: Vec<f32> =
+                        (0..c).map(|ch| (beta[ch] as f64 - mean[ch] * gamma[ch] as f64 * rstd[ch]) as f32).collect();
                     let mut y = vec![0.0f32; rows * c];
-                    unsafe { bn_apply(isa, z.as_ptr(), c, 0, rows, scale.as_ptr(), shift.as_ptr(), act, std::ptr::null(), y.as_mut_ptr()) };
+                    unsafe {
+                        bn_apply(
+                            isa,
+                            z.as_ptr(),
+                            c,
+                            0,
+                            rows,
+                            scale.as_ptr(),
+                            shift.as_ptr(),
+                            act,
+                            std::ptr::null(),
+                            y.as_mut_ptr(),
+                        )
+                    };
                     let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
                     let zero = vec![0.0f32; c];
-                    let k = BnBackward { scale: scale.as_ptr(), shift: shift.as_ptr(), mean: mean32.as_ptr(), a: zero.as_ptr(), b: zero.as_ptr(), cc: zero.as_ptr() };
+                    let k = BnBackward {
+                        scale: scale.as_ptr(),
+                        shift: shift.as_ptr(),
+                        mean: mean32.as_ptr(),
+                        a: zero.as_ptr(),
+                        b: zero.as_ptr(),
+                        cc: zero.as_ptr(),
+                    };
                     let mut bs = vec![0.0f64; 2 * c];
                     unsafe { bn_backward_sums(isa, z.as_ptr(), dy.as_ptr(), c, 0, rows, &k, act, bs.as_mut_ptr()) };
                     let dbeta: Vec<f64> = bs[..c].to_vec();
                     let dgamma: Vec<f64> = (0..c).map(|ch| bs[c + ch] * rstd[ch]).collect();
                     let a: Vec<f32> = (0..c).map(|ch| (gamma[ch] as f64 * rstd[ch]) as f32).collect();
-                    let b: Vec<f32> = (0..c).map(|ch| (-(gamma[ch] as f64) * rstd[ch] * dbeta[ch] / m) as f32).collect();
-                    let cc: Vec<f32> = (0..c).map(|ch| (-(gamma[ch] as f64) * rstd[ch] * rstd[ch] * dgamma[ch] / m) as f32).collect();
+                    let b: Vec<f32> =
+                        (0..c).map(|ch| (-(gamma[ch] as f64) * rstd[ch] * dbeta[ch] / m) as f32).collect();
+                    let cc: Vec<f32> =
+                        (0..c).map(|ch| (-(gamma[ch] as f64) * rstd[ch] * rstd[ch] * dgamma[ch] / m) as f32).collect();
                     let k = BnBackward { a: a.as_ptr(), b: b.as_ptr(), cc: cc.as_ptr(), ..k };
                     let mut dz = dy.clone();
                     unsafe { bn_backward_apply(isa, z.as_ptr(), dz.as_ptr(), c, 0, rows, &k, act, dz.as_mut_ptr()) };
@@ -290,17 +358,30 @@ mod tests {
                         let rs = 1.0 / (v + eps).sqrt();
                         let xh: Vec<f64> = col.iter().map(|x| (x - mu) * rs).collect();
                         let pre: Vec<f64> = xh.iter().map(|x| gamma[ch] as f64 * x + beta[ch] as f64).collect();
-                        let g: Vec<f64> = (0..rows).map(|r| dy[r * c + ch] as f64 * act_grad_f64(pre[r], act)).collect();
+                        let g: Vec<f64> =
+                            (0..rows).map(|r| dy[r * c + ch] as f64 * act_grad_f64(pre[r], act)).collect();
                         let db: f64 = g.iter().sum();
                         let dg: f64 = (0..rows).map(|r| g[r] * xh[r]).sum();
                         let tol = 1e-4 * (1.0 + db.abs());
-                        assert!((dbeta[ch] - db).abs() <= tol * (rows as f64).sqrt(), "{isa} dbeta {ch}: {} vs {db}", dbeta[ch]);
-                        assert!((dgamma[ch] - dg).abs() <= tol * (rows as f64).sqrt(), "{isa} dgamma {ch}: {} vs {dg}", dgamma[ch]);
+                        assert!(
+                            (dbeta[ch] - db).abs() <= tol * (rows as f64).sqrt(),
+                            "{isa} dbeta {ch}: {} vs {db}",
+                            dbeta[ch]
+                        );
+                        assert!(
+                            (dgamma[ch] - dg).abs() <= tol * (rows as f64).sqrt(),
+                            "{isa} dgamma {ch}: {} vs {dg}",
+                            dgamma[ch]
+                        );
                         for r in 0..rows {
                             let want_y = act_f64(pre[r], act);
                             assert!((y[r * c + ch] as f64 - want_y).abs() <= 1e-4, "{isa} y");
                             let want_dz = gamma[ch] as f64 * rs * (g[r] - db / m - xh[r] * dg / m);
-                            assert!((dz[r * c + ch] as f64 - want_dz).abs() <= 1e-4 * (1.0 + want_dz.abs()), "{isa} rows {rows} c {c} act {act} dz[{r},{ch}]: {} vs {want_dz}", dz[r * c + ch]);
+                            assert!(
+                                (dz[r * c + ch] as f64 - want_dz).abs() <= 1e-4 * (1.0 + want_dz.abs()),
+                                "{isa} rows {rows} c {c} act {act} dz[{r},{ch}]: {} vs {want_dz}",
+                                dz[r * c + ch]
+                            );
                         }
                     }
                 }

@@ -69,21 +69,60 @@ impl Dense {
     pub fn forward(&self, isa: Isa, x: *const f32, ldx: usize, rows: usize, y: *mut f32, ldy: usize) {
         matmul(
             isa,
-            &MatMul { m: rows, n: self.out_p, k: self.inp, a: x, lda: ldx, trans_a: false, b: self.wt.as_ptr(), ldb: self.out_p, c: y, ldc: ldy, accumulate: false },
+            &MatMul {
+                m: rows,
+                n: self.out_p,
+                k: self.inp,
+                a: x,
+                lda: ldx,
+                trans_a: false,
+                b: self.wt.as_ptr(),
+                ldb: self.out_p,
+                c: y,
+                ldc: ldy,
+                accumulate: false,
+            },
         );
     }
 
     /// `grad = dyᵀ · x` over `rows` (dy `[rows][ldd]`, x `[rows][ldx]`).
     pub fn backward_weight(&mut self, isa: Isa, dy: *const f32, ldd: usize, x: *const f32, ldx: usize, rows: usize) {
         let c = self.grad.as_mut_ptr();
-        matmul(isa, &MatMul { m: self.out, n: self.in_p, k: rows, a: dy, lda: ldd, trans_a: true, b: x, ldb: ldx, c, ldc: self.in_p, accumulate: false });
+        matmul(
+            isa,
+            &MatMul {
+                m: self.out,
+                n: self.in_p,
+                k: rows,
+                a: dy,
+                lda: ldd,
+                trans_a: true,
+                b: x,
+                ldb: ldx,
+                c,
+                ldc: self.in_p,
+                accumulate: false,
+            },
+        );
     }
 
     /// `dx [rows][ldx] = dy [rows][ldd] · W` (all `in_p` columns written).
     pub fn backward_input(&self, isa: Isa, dy: *const f32, ldd: usize, rows: usize, dx: *mut f32, ldx: usize) {
         matmul(
             isa,
-            &MatMul { m: rows, n: self.in_p, k: self.out, a: dy, lda: ldd, trans_a: false, b: self.wp.as_ptr(), ldb: self.in_p, c: dx, ldc: ldx, accumulate: false },
+            &MatMul {
+                m: rows,
+                n: self.in_p,
+                k: self.out,
+                a: dy,
+                lda: ldd,
+                trans_a: false,
+                b: self.wp.as_ptr(),
+                ldb: self.in_p,
+                c: dx,
+                ldc: ldx,
+                accumulate: false,
+            },
         );
     }
 }
@@ -95,7 +134,20 @@ impl Dense {
 ///
 /// # Safety
 /// `col` must be valid for `n1 · oh · ow` rows of `ld` floats.
-pub unsafe fn im2col(images: &[f32], n0: usize, n1: usize, cin: usize, h: usize, w: usize, k: usize, stride: usize, oh: usize, ow: usize, ld: usize, col: *mut f32) {
+pub unsafe fn im2col(
+    images: &[f32],
+    n0: usize,
+    n1: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    oh: usize,
+    ow: usize,
+    ld: usize,
+    col: *mut f32,
+) {
     let pad = (k - 1) / 2;
     for n in n0..n1 {
         let img = &images[n * cin * h * w..(n + 1) * cin * h * w];

@@ -75,7 +75,14 @@ unsafe fn fwd_block<S: TrainSimd, const K: usize, const NV: usize>(
 }
 
 #[inline(always)]
-unsafe fn forward_k<S: TrainSimd, const K: usize>(g: &DwGeom, x: *const f32, wt: *const f32, z: *mut f32, n0: usize, n1: usize) {
+unsafe fn forward_k<S: TrainSimd, const K: usize>(
+    g: &DwGeom,
+    x: *const f32,
+    wt: *const f32,
+    z: *mut f32,
+    n0: usize,
+    n1: usize,
+) {
     for n in n0..n1 {
         let xi = x.add(n * g.in_len());
         let zi = z.add(n * g.out_len());
@@ -153,7 +160,14 @@ unsafe fn dx_block<S: TrainSimd, const K: usize, const NV: usize>(
 }
 
 #[inline(always)]
-unsafe fn input_grad_k<S: TrainSimd, const K: usize>(g: &DwGeom, dz: *const f32, wt: *const f32, dx: *mut f32, n0: usize, n1: usize) {
+unsafe fn input_grad_k<S: TrainSimd, const K: usize>(
+    g: &DwGeom,
+    dz: *const f32,
+    wt: *const f32,
+    dx: *mut f32,
+    n0: usize,
+    n1: usize,
+) {
     for n in n0..n1 {
         let dzi = dz.add(n * g.out_len());
         let dxi = dx.add(n * g.in_len());
@@ -175,7 +189,14 @@ unsafe fn input_grad_k<S: TrainSimd, const K: usize>(g: &DwGeom, dz: *const f32,
 }
 
 #[inline(always)]
-unsafe fn input_grad_generic<S: TrainSimd>(g: &DwGeom, dz: *const f32, wt: *const f32, dx: *mut f32, n0: usize, n1: usize) {
+unsafe fn input_grad_generic<S: TrainSimd>(
+    g: &DwGeom,
+    dz: *const f32,
+    wt: *const f32,
+    dx: *mut f32,
+    n0: usize,
+    n1: usize,
+) {
     match g.k {
         3 => input_grad_k::<S, 3>(g, dz, wt, dx, n0, n1),
         5 => input_grad_k::<S, 5>(g, dz, wt, dx, n0, n1),
@@ -187,7 +208,14 @@ multiversion!(pub fn depthwise_input_grad(g: &DwGeom, dz: *const f32, wt: *const
 
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn weight_grad_k<S: TrainSimd, const K: usize>(g: &DwGeom, x: *const f32, dz: *const f32, dw: *mut f32, n0: usize, n1: usize) {
+unsafe fn weight_grad_k<S: TrainSimd, const K: usize>(
+    g: &DwGeom,
+    x: *const f32,
+    dz: *const f32,
+    dw: *mut f32,
+    n0: usize,
+    n1: usize,
+) {
     let mut ch = 0;
     while ch < g.c {
         let mut acc = [[S::zero(); K]; K];
@@ -226,7 +254,14 @@ unsafe fn weight_grad_k<S: TrainSimd, const K: usize>(g: &DwGeom, x: *const f32,
 }
 
 #[inline(always)]
-unsafe fn weight_grad_generic<S: TrainSimd>(g: &DwGeom, x: *const f32, dz: *const f32, dw: *mut f32, n0: usize, n1: usize) {
+unsafe fn weight_grad_generic<S: TrainSimd>(
+    g: &DwGeom,
+    x: *const f32,
+    dz: *const f32,
+    dw: *mut f32,
+    n0: usize,
+    n1: usize,
+) {
     match g.k {
         3 => weight_grad_k::<S, 3>(g, x, dz, dw, n0, n1),
         5 => weight_grad_k::<S, 5>(g, x, dz, dw, n0, n1),
@@ -284,7 +319,15 @@ mod tests {
     #[test]
     fn depthwise_matches_f64() {
         let mut rng = Rng::new(11);
-        let cases = [(7, 9, 16, 3, 1), (8, 8, 32, 3, 2), (9, 6, 48, 5, 2), (5, 5, 80, 5, 1), (1, 1, 16, 3, 1), (2, 3, 64, 5, 2), (4, 4, 96, 3, 2)];
+        let cases = [
+            (7, 9, 16, 3, 1),
+            (8, 8, 32, 3, 2),
+            (9, 6, 48, 5, 2),
+            (5, 5, 80, 5, 1),
+            (1, 1, 16, 3, 1),
+            (2, 3, 64, 5, 2),
+            (4, 4, 96, 3, 2),
+        ];
         for isa in Isa::all_available() {
             for &(h, w, c, k, s) in &cases {
                 let g = DwGeom::new(h, w, c, k, s);

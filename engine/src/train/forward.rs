@@ -65,7 +65,9 @@ pub fn conv_forward(ctx: &Ctx, node: &mut ConvNode, images: &[f32]) {
             let l = &node.layer;
             let col = Ptr::new(x);
             let (h, w, ho, wo, ld) = (node.h_in, node.w_in, node.h_out, node.w_out, d.in_p);
-            par_ranges(n, 1, |n0, n1| unsafe { im2col(images, n0, n1, l.in_channels, h, w, l.kernel, l.stride, ho, wo, ld, col.get()) });
+            par_ranges(n, 1, |n0, n1| unsafe {
+                im2col(images, n0, n1, l.in_channels, h, w, l.kernel, l.stride, ho, wo, ld, col.get())
+            });
             d.forward(isa, x, d.in_p, rows, z, node.cout_p);
         }
         ConvKind::Pointwise => {
@@ -138,7 +140,9 @@ pub fn bn_forward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, parti
     let (zp, yp, resp) = (Ptr::new(z), Ptr::new(ctx.base.at(node.y.offset)), Ptr::new(res));
     let (scale, shift) = (Ptr::new(bn.scale.as_mut_ptr()), Ptr::new(bn.shift.as_mut_ptr()));
     let act = node.act;
-    par_ranges(rows, 64, |r0, r1| unsafe { bn_apply(isa, zp.get(), cp, r0, r1, scale.get(), shift.get(), act, resp.get(), yp.get()) });
+    par_ranges(rows, 64, |r0, r1| unsafe {
+        bn_apply(isa, zp.get(), cp, r0, r1, scale.get(), shift.get(), act, resp.get(), yp.get())
+    });
 }
 
 /// Squeeze-excite: pool, fc1 + bias, ReLU, fc2 + bias, hard-sigmoid, scale.
@@ -192,7 +196,16 @@ pub fn pool_forward(isa: Isa, map: Ptr, n: usize, rows: usize, c: usize, sums: &
 
 /// The classifier: `xs[0]` the pooled features, `xs[i + 1]` layer i's output (`[n][widths]`).
 #[allow(clippy::too_many_arguments)]
-pub fn head_forward(isa: Isa, head: &[HeadNode], widths: &[usize], xs: &mut [Vec<f32>], masks: &mut [Vec<f32>], n: usize, dropout: f32, rng: Option<&mut Rng>) {
+pub fn head_forward(
+    isa: Isa,
+    head: &[HeadNode],
+    widths: &[usize],
+    xs: &mut [Vec<f32>],
+    masks: &mut [Vec<f32>],
+    n: usize,
+    dropout: f32,
+    rng: Option<&mut Rng>,
+) {
     let mut rng = rng;
     for (i, layer) in head.iter().enumerate() {
         let (before, after) = xs.split_at_mut(i + 1);
@@ -234,7 +247,15 @@ pub fn head_forward(isa: Isa, head: &[HeadNode], widths: &[usize], xs: &mut [Vec
 /// Softmax cross-entropy with label smoothing `eps` (torch's
 /// `CrossEntropyLoss(label_smoothing=eps)`, mean over the batch) of `logits [n][ld]` (the first
 /// `classes` columns); writes `d loss / d logits` (zero in the padding columns).
-pub fn cross_entropy(logits: &[f32], n: usize, classes: usize, ld: usize, labels: &[usize], eps: f64, grad: &mut [f32]) -> f64 {
+pub fn cross_entropy(
+    logits: &[f32],
+    n: usize,
+    classes: usize,
+    ld: usize,
+    labels: &[usize],
+    eps: f64,
+    grad: &mut [f32],
+) -> f64 {
     let mut total = 0.0f64;
     for r in 0..n {
         let row = &logits[r * ld..r * ld + classes];

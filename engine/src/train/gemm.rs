@@ -114,7 +114,15 @@ unsafe fn tile<S: TrainSimd, const R: usize, const NV: usize, const TA: bool>(
 }
 
 #[inline(always)]
-unsafe fn tile_nv<S: TrainSimd, const R: usize, const TA: bool>(mm: &MatMul, nv: usize, i: usize, j: usize, p0: usize, p1: usize, load_c: bool) {
+unsafe fn tile_nv<S: TrainSimd, const R: usize, const TA: bool>(
+    mm: &MatMul,
+    nv: usize,
+    i: usize,
+    j: usize,
+    p0: usize,
+    p1: usize,
+    load_c: bool,
+) {
     if nv == 2 {
         tile::<S, R, 2, TA>(mm, i, j, p0, p1, load_c)
     } else {
@@ -123,7 +131,13 @@ unsafe fn tile_nv<S: TrainSimd, const R: usize, const TA: bool>(mm: &MatMul, nv:
 }
 
 #[inline(always)]
-unsafe fn blocks<S: TrainSimd, const MR: usize, const TA: bool>(mm: &MatMul, i0: usize, i1: usize, j0: usize, j1: usize) {
+unsafe fn blocks<S: TrainSimd, const MR: usize, const TA: bool>(
+    mm: &MatMul,
+    i0: usize,
+    i1: usize,
+    j0: usize,
+    j1: usize,
+) {
     let panel = 2 * S::LANES;
     let mut ic = i0;
     while ic < i1 {
@@ -197,14 +211,14 @@ pub fn matmul(isa: Isa, mm: &MatMul) {
     let col_tiles = mm.n.div_ceil(32);
     if mm.m.div_ceil(12) >= col_tiles || col_tiles < 2 {
         let chunk = mm.m.div_ceil(tasks).next_multiple_of(24);
-        (0..mm.m.div_ceil(chunk)).into_par_iter().for_each(|t| unsafe {
-            matmul_block(isa, mm, t * chunk, ((t + 1) * chunk).min(mm.m), 0, mm.n)
-        });
+        (0..mm.m.div_ceil(chunk))
+            .into_par_iter()
+            .for_each(|t| unsafe { matmul_block(isa, mm, t * chunk, ((t + 1) * chunk).min(mm.m), 0, mm.n) });
     } else {
         let chunk = (mm.n.div_ceil(tasks)).next_multiple_of(32);
-        (0..mm.n.div_ceil(chunk)).into_par_iter().for_each(|t| unsafe {
-            matmul_block(isa, mm, 0, mm.m, t * chunk, ((t + 1) * chunk).min(mm.n))
-        });
+        (0..mm.n.div_ceil(chunk))
+            .into_par_iter()
+            .for_each(|t| unsafe { matmul_block(isa, mm, 0, mm.m, t * chunk, ((t + 1) * chunk).min(mm.n)) });
     }
 }
 
@@ -233,7 +247,8 @@ mod tests {
     #[test]
     fn gemm_matches_f64_for_all_layouts_and_isas() {
         let mut rng = Rng::new(7);
-        let shapes = [(1, 16, 1), (5, 16, 3), (13, 48, 27), (37, 32, 300), (250, 80, 40), (7, 144, 600), (130, 16, 1000)];
+        let shapes =
+            [(1, 16, 1), (5, 16, 3), (13, 48, 27), (37, 32, 300), (250, 80, 40), (7, 144, 600), (130, 16, 1000)];
         for isa in Isa::all_available() {
             for &(m, n, k) in &shapes {
                 for trans_a in [false, true] {
@@ -246,7 +261,19 @@ mod tests {
                         let ldc = n + 32;
                         let c0: Vec<f32> = (0..m * ldc).map(|_| rng.normal()).collect();
                         let mut c = c0.clone();
-                        let mm = MatMul { m, n, k, a: a.as_ptr(), lda, trans_a, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc, accumulate };
+                        let mm = MatMul {
+                            m,
+                            n,
+                            k,
+                            a: a.as_ptr(),
+                            lda,
+                            trans_a,
+                            b: b.as_ptr(),
+                            ldb,
+                            c: c.as_mut_ptr(),
+                            ldc,
+                            accumulate,
+                        };
                         let mut want = vec![0.0f64; m * ldc];
                         matmul_reference(&mm, &mut want);
                         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
@@ -282,7 +309,19 @@ mod tests {
         let run = |threads: usize| {
             // dW-shaped: C [n][k]... here C [n][n_k] = Aᵀ B with A [m][n], B [m][k'] (k' = 96).
             let mut c = vec![0.0f32; n * 96];
-            let mm = MatMul { m: n, n: 96, k: m, a: b.as_ptr(), lda: n, trans_a: true, b: a.as_ptr(), ldb: k, c: c.as_mut_ptr(), ldc: 96, accumulate: false };
+            let mm = MatMul {
+                m: n,
+                n: 96,
+                k: m,
+                a: b.as_ptr(),
+                lda: n,
+                trans_a: true,
+                b: a.as_ptr(),
+                ldb: k,
+                c: c.as_mut_ptr(),
+                ldc: 96,
+                accumulate: false,
+            };
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| matmul(isa, &mm));
             c
@@ -317,7 +356,19 @@ fn gemm_speed() {
         let a: Vec<f32> = (0..(if ta { k } else { m }) * lda).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
         let mut c = vec![0.0f32; m * n];
-        let mm = MatMul { m, n, k, a: a.as_ptr(), lda, trans_a: ta, b: b.as_ptr(), ldb: n, c: c.as_mut_ptr(), ldc: n, accumulate: false };
+        let mm = MatMul {
+            m,
+            n,
+            k,
+            a: a.as_ptr(),
+            lda,
+            trans_a: ta,
+            b: b.as_ptr(),
+            ldb: n,
+            c: c.as_mut_ptr(),
+            ldc: n,
+            accumulate: false,
+        };
         let runs = 20;
         let t = std::time::Instant::now();
         for _ in 0..runs {
@@ -332,12 +383,28 @@ fn gemm_speed() {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * ldb).map(|i| (i % 5) as f32 * 0.1).collect();
         let mut c = vec![0.0f32; m * n];
-        let mm = MatMul { m, n, k, a: a.as_ptr(), lda: k, trans_a: false, b: b.as_ptr(), ldb, c: c.as_mut_ptr(), ldc: n, accumulate: false };
+        let mm = MatMul {
+            m,
+            n,
+            k,
+            a: a.as_ptr(),
+            lda: k,
+            trans_a: false,
+            b: b.as_ptr(),
+            ldb,
+            c: c.as_mut_ptr(),
+            ldc: n,
+            accumulate: false,
+        };
         let t = std::time::Instant::now();
         for _ in 0..20 {
             unsafe { matmul_block(isa, &mm, 0, m, 0, n) };
         }
         let s = t.elapsed().as_secs_f64() / 20.0;
-        println!("B panel ldb {ldb:<5}                   {:>7.3} ms {:>6.1} GFLOP/s", s * 1e3, 2.0 * (m * n * k) as f64 / s / 1e9);
+        println!(
+            "B panel ldb {ldb:<5}                   {:>7.3} ms {:>6.1} GFLOP/s",
+            s * 1e3,
+            2.0 * (m * n * k) as f64 / s / 1e9
+        );
     }
 }

@@ -120,7 +120,17 @@ impl TrainConfig {
             Arch::V1 | Arch::V2 => 0.1,
             Arch::V3Large | Arch::V3Small => 0.01,
         };
-        TrainConfig { batch, height, width, threads: 1, isa: None, bn_momentum, dropout: 0.2, label_smoothing: 0.0, seed: 0 }
+        TrainConfig {
+            batch,
+            height,
+            width,
+            threads: 1,
+            isa: None,
+            bn_momentum,
+            dropout: 0.2,
+            label_smoothing: 0.0,
+            seed: 0,
+        }
     }
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
@@ -178,7 +188,11 @@ pub struct Trainer {
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Trainer").field("spec", &self.plan.spec).field("config", &self.config).field("isa", &self.isa).finish()
+        f.debug_struct("Trainer")
+            .field("spec", &self.plan.spec)
+            .field("config", &self.config)
+            .field("isa", &self.isa)
+            .finish()
     }
 }
 
@@ -191,7 +205,10 @@ impl Trainer {
         }
         ModelSpec::check_input(&[config.batch, 3, config.height, config.width])?;
         if !(0.0..1.0).contains(&config.dropout) || !(0.0..=1.0).contains(&config.label_smoothing) {
-            return Err(EngineError::Spec(format!("dropout {} / label smoothing {} out of range", config.dropout, config.label_smoothing)));
+            return Err(EngineError::Spec(format!(
+                "dropout {} / label smoothing {} out of range",
+                config.dropout, config.label_smoothing
+            )));
         }
         let isa = config.isa.unwrap_or_else(Isa::detect);
         if !Isa::all_available().contains(&isa) {
@@ -244,7 +261,8 @@ impl Trainer {
         let mut trainer = Trainer::new(spec, config)?;
         let keys: Vec<String> = trainer.params.entries().iter().map(|e| e.key.clone()).collect();
         for key in keys {
-            let (shape, data) = tensors.get(&key).ok_or_else(|| EngineError::Spec(format!("missing tensor '{key}'")))?;
+            let (shape, data) =
+                tensors.get(&key).ok_or_else(|| EngineError::Spec(format!("missing tensor '{key}'")))?;
             trainer.params.load(&key, Some(shape), data)?;
         }
         trainer.dirty = true;
@@ -267,7 +285,13 @@ impl Trainer {
                 }
                 2 => values.iter_mut().for_each(|v| *v = rng.normal() * 0.01),
                 _ => {
-                    let fill = if e.key.ends_with(".running_var") || (e.key.ends_with(".weight") && e.kind == ParamKind::Weight) { 1.0 } else { 0.0 };
+                    let fill = if e.key.ends_with(".running_var")
+                        || (e.key.ends_with(".weight") && e.kind == ParamKind::Weight)
+                    {
+                        1.0
+                    } else {
+                        0.0
+                    };
                     values.fill(fill);
                 }
             }
@@ -291,7 +315,11 @@ impl Trainer {
 
     /// Every tensor (parameters and running statistics) by key, in plan order, torch layouts.
     pub fn params(&self) -> impl Iterator<Item = (&str, &[usize], &[f32])> {
-        self.params.entries().iter().enumerate().map(|(id, e)| (e.key.as_str(), e.shape.as_slice(), self.params.value(id)))
+        self.params
+            .entries()
+            .iter()
+            .enumerate()
+            .map(|(id, e)| (e.key.as_str(), e.shape.as_slice(), self.params.value(id)))
     }
 
     pub fn param(&self, key: &str) -> Option<&[f32]> {
@@ -310,7 +338,10 @@ impl Trainer {
     }
 
     pub fn grad(&self, key: &str) -> Option<&[f32]> {
-        self.params.id(key).filter(|&id| self.params.entries()[id].kind == ParamKind::Weight).map(|id| self.params.grad(id))
+        self.params
+            .id(key)
+            .filter(|&id| self.params.entries()[id].kind == ParamKind::Weight)
+            .map(|id| self.params.grad(id))
     }
 
     /// Sets one tensor (a parameter or a running statistic), torch's layout.
@@ -370,7 +401,10 @@ impl Trainer {
         if !images.len().is_multiple_of(per) || n < min || n > self.config.batch {
             return Err(EngineError::Input(format!(
                 "expected [N, 3, {}, {}] with {min} <= N <= {}, got {} values",
-                self.config.height, self.config.width, self.config.batch, images.len()
+                self.config.height,
+                self.config.width,
+                self.config.batch,
+                images.len()
             )));
         }
         Ok(n)
@@ -383,7 +417,10 @@ impl Trainer {
         let n = self.check_batch(images, 2)?;
         let classes = self.plan.spec.num_classes;
         if labels.len() != n || labels.iter().any(|&l| l >= classes) {
-            return Err(EngineError::Input(format!("{} labels for {n} images, each below {classes} expected", labels.len())));
+            return Err(EngineError::Input(format!(
+                "{} labels for {n} images, each below {classes} expected",
+                labels.len()
+            )));
         }
         Ok(self.pass(images, n, Some(labels)) as f32)
     }
@@ -449,7 +486,25 @@ impl Trainer {
         };
         self.last_n = n;
         let classes = self.plan.spec.num_classes;
-        let Trainer { pool, nodes, params, head, head_widths, head_x, head_g, masks, bn_partials, dw_partials, pool_sums, logits, rng, grad_bufs, config, profile, .. } = self;
+        let Trainer {
+            pool,
+            nodes,
+            params,
+            head,
+            head_widths,
+            head_x,
+            head_g,
+            masks,
+            bn_partials,
+            dw_partials,
+            pool_sums,
+            logits,
+            rng,
+            grad_bufs,
+            config,
+            profile,
+            ..
+        } = self;
         let mut clock = profile.as_mut().map(|p| (p, std::time::Instant::now()));
         let mut lap = |kind: &'static str, key: &str, phase: &'static str| {
             if let Some((p, t)) = clock.as_mut() {
@@ -482,7 +537,16 @@ impl Trainer {
                 Node::Se(se) => (se.output, se.h * se.w, se.cp),
             };
             forward::pool_forward(isa, Ptr::new(ctx.base.at(out_map.offset)), n, rows, cp, pool_sums, &mut head_x[0]);
-            forward::head_forward(isa, head, head_widths, head_x, masks, n, config.dropout, if train { Some(&mut *rng) } else { None });
+            forward::head_forward(
+                isa,
+                head,
+                head_widths,
+                head_x,
+                masks,
+                n,
+                config.dropout,
+                if train { Some(&mut *rng) } else { None },
+            );
             let ld = *head_widths.last().expect("a classifier");
             let out = head_x.last().expect("a classifier");
             for r in 0..n {
@@ -518,7 +582,9 @@ impl Trainer {
                                 let s = skip.take().expect("a residual block's skip gradient");
                                 let len = n * c.h_in * c.w_in * c.cin_p;
                                 let (d, sp) = (buf(dx), buf(s));
-                                forward::par_ranges(len / 16, 256, |a, b| unsafe { rows::add_into(isa, d.at(a * 16), sp.at(a * 16), (b - a) * 16) });
+                                forward::par_ranges(len / 16, 256, |a, b| unsafe {
+                                    rows::add_into(isa, d.at(a * 16), sp.at(a * 16), (b - a) * 16)
+                                });
                             }
                             cur = dx;
                         }

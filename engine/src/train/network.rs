@@ -169,15 +169,25 @@ pub fn build(plan: &Plan, batch: usize, height: usize, width: usize, params: &mu
     let mut current: Option<Buf> = None;
     let mut max_map = 0usize;
     let mut max_cp = 16usize;
-    let conv_node = |layer: &ConvLayer, input: Option<Buf>, h: usize, w: usize, arena: &mut ArenaPlan, params: &mut ParamStore| -> Result<ConvNode> {
+    let conv_node = |layer: &ConvLayer,
+                     input: Option<Buf>,
+                     h: usize,
+                     w: usize,
+                     arena: &mut ArenaPlan,
+                     params: &mut ParamStore|
+     -> Result<ConvNode> {
         let (h_out, w_out) = (layer.output_size(h), layer.output_size(w));
         let cout_p = pad_channels(layer.out_channels);
         let cin_p = pad_channels(layer.in_channels);
-        let weight = params.register(format!("{}.weight", layer.conv_key), layer.weight_shape().to_vec(), ParamKind::Weight);
+        let weight =
+            params.register(format!("{}.weight", layer.conv_key), layer.weight_shape().to_vec(), ParamKind::Weight);
         let (kind, input, dense) = match input {
             None => {
                 if layer.groups != 1 {
-                    return Err(EngineError::Spec(format!("{}: a grouped first layer is not supported", layer.conv_key)));
+                    return Err(EngineError::Spec(format!(
+                        "{}: a grouped first layer is not supported",
+                        layer.conv_key
+                    )));
                 }
                 let inp = layer.in_channels * layer.kernel * layer.kernel;
                 let dense = Dense::new(layer.out_channels, inp, weight, None);
@@ -230,7 +240,10 @@ pub fn build(plan: &Plan, batch: usize, height: usize, width: usize, params: &mu
             match layer {
                 BlockLayer::Conv(conv) => {
                     if conv.in_channels != channels {
-                        return Err(EngineError::Spec(format!("{}: {} input channels, the map has {channels}", conv.conv_key, conv.in_channels)));
+                        return Err(EngineError::Spec(format!(
+                            "{}: {} input channels, the map has {channels}",
+                            conv.conv_key, conv.in_channels
+                        )));
                     }
                     let node = conv_node(conv, current, h, w, &mut arena, params)?;
                     (h, w, channels) = (node.h_out, node.w_out, conv.out_channels);
@@ -240,9 +253,13 @@ pub fn build(plan: &Plan, batch: usize, height: usize, width: usize, params: &mu
                     nodes.push(Node::Conv(node));
                 }
                 BlockLayer::SqueezeExcite(se) => {
-                    let input = current.ok_or_else(|| EngineError::Spec(format!("{}: squeeze-excite on the images", se.key)))?;
+                    let input = current
+                        .ok_or_else(|| EngineError::Spec(format!("{}: squeeze-excite on the images", se.key)))?;
                     if se.channels != channels {
-                        return Err(EngineError::Spec(format!("{}: {} channels, the map has {channels}", se.key, se.channels)));
+                        return Err(EngineError::Spec(format!(
+                            "{}: {} channels, the map has {channels}",
+                            se.key, se.channels
+                        )));
                     }
                     let (c, s) = (se.channels, se.squeeze_channels);
                     let k1 = format!("{}.fc1", se.key);
@@ -284,7 +301,11 @@ pub fn build(plan: &Plan, batch: usize, height: usize, width: usize, params: &mu
                 Some(Node::Conv(last)) if last.act == super::activation::ACT_NONE && last.layer.in_channels > 0 => {
                     last.residual = Some(input);
                 }
-                _ => return Err(EngineError::Spec("a residual block must end in a conv + BatchNorm without activation".into())),
+                _ => {
+                    return Err(EngineError::Spec(
+                        "a residual block must end in a conv + BatchNorm without activation".into(),
+                    ))
+                }
             }
             match &mut nodes[first_node] {
                 Node::Conv(first) => first.opens_residual = true,
@@ -303,9 +324,16 @@ pub fn build(plan: &Plan, batch: usize, height: usize, width: usize, params: &mu
         match layer {
             HeadLayer::Linear(linear) => {
                 if linear.in_features != features {
-                    return Err(EngineError::Spec(format!("{}: {} inputs, got {features}", linear.key, linear.in_features)));
+                    return Err(EngineError::Spec(format!(
+                        "{}: {} inputs, got {features}",
+                        linear.key, linear.in_features
+                    )));
                 }
-                let wid = params.register(format!("{}.weight", linear.key), vec![linear.out_features, linear.in_features], ParamKind::Weight);
+                let wid = params.register(
+                    format!("{}.weight", linear.key),
+                    vec![linear.out_features, linear.in_features],
+                    ParamKind::Weight,
+                );
                 let bid = params.register(format!("{}.bias", linear.key), vec![linear.out_features], ParamKind::Weight);
                 head.push(HeadNode::Linear(Dense::new(linear.out_features, linear.in_features, wid, Some(bid))));
                 features = linear.out_features;

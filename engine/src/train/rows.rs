@@ -32,7 +32,11 @@ unsafe fn col_dot_generic<S: TrainSimd>(a: *const f32, b: *const f32, c: usize, 
             }
             if row < re {
                 let i0 = row * c + ch;
-                s0 = if b.is_null() { S::add(s0, S::load(a.add(i0))) } else { S::fma(S::load(a.add(i0)), S::load(b.add(i0)), s0) };
+                s0 = if b.is_null() {
+                    S::add(s0, S::load(a.add(i0)))
+                } else {
+                    S::fma(S::load(a.add(i0)), S::load(b.add(i0)), s0)
+                };
             }
             let mut t = [0.0f32; 16];
             S::store(t.as_mut_ptr(), S::add(s0, s1));
@@ -52,7 +56,15 @@ unsafe fn col_dot_generic<S: TrainSimd>(a: *const f32, b: *const f32, c: usize, 
 multiversion!(pub fn col_dot(a: *const f32, b: *const f32, c: usize, r0: usize, r1: usize, out: *mut f64) => col_dot_generic);
 
 #[inline(always)]
-unsafe fn scale_rows_generic<S: TrainSimd>(x: *const f32, v: *const f32, factor: f32, c: usize, r0: usize, r1: usize, out: *mut f32) {
+unsafe fn scale_rows_generic<S: TrainSimd>(
+    x: *const f32,
+    v: *const f32,
+    factor: f32,
+    c: usize,
+    r0: usize,
+    r1: usize,
+    out: *mut f32,
+) {
     // `x` null: `out = v · factor`; else `out = x · v · factor`.
     let f = S::splat(factor);
     for row in r0..r1 {

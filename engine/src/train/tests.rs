@@ -55,7 +55,8 @@ fn conv(x: &T, w: &[f64], l: &ConvLayer) -> T {
                                 if iy < 0 || ix < 0 || iy >= x.h as isize || ix >= x.w as isize {
                                     continue;
                                 }
-                                acc += w[((o * cin_g + i) * k + ky) * k + kx] * x.d[x.idx(n, grp * cin_g + i, iy as usize, ix as usize)];
+                                acc += w[((o * cin_g + i) * k + ky) * k + kx]
+                                    * x.d[x.idx(n, grp * cin_g + i, iy as usize, ix as usize)];
                             }
                         }
                     }
@@ -104,8 +105,23 @@ fn conv_backward(x: &T, w: &[f64], l: &ConvLayer, dz: &T) -> (T, Vec<f64>) {
 
 /// What the reference forward keeps per layer.
 enum Rec {
-    Conv { layer: ConvLayer, x: T, xhat: T, rstd: Vec<f64>, pre: T },
-    Se { key: String, u: T, pooled: Vec<f64>, hpre: Vec<f64>, hidden: Vec<f64>, gpre: Vec<f64>, gate: Vec<f64>, s: usize },
+    Conv {
+        layer: ConvLayer,
+        x: T,
+        xhat: T,
+        rstd: Vec<f64>,
+        pre: T,
+    },
+    Se {
+        key: String,
+        u: T,
+        pooled: Vec<f64>,
+        hpre: Vec<f64>,
+        hidden: Vec<f64>,
+        gpre: Vec<f64>,
+        gate: Vec<f64>,
+        s: usize,
+    },
 }
 
 struct RefOut {
@@ -119,7 +135,16 @@ struct RefOut {
 }
 
 /// The plan in f64, NCHW: forward in train mode, loss, backward.
-fn reference(plan: &Plan, p: &Params, images: &[f32], n: usize, hw: (usize, usize), labels: &[usize], masks: &[&[f32]], cfg: &TrainConfig) -> RefOut {
+fn reference(
+    plan: &Plan,
+    p: &Params,
+    images: &[f32],
+    n: usize,
+    hw: (usize, usize),
+    labels: &[usize],
+    masks: &[&[f32]],
+    cfg: &TrainConfig,
+) -> RefOut {
     let eps = plan.spec.norm_eps;
     let mut x = T { n, c: 3, h: hw.0, w: hw.1, d: images.iter().map(|&v| v as f64).collect() };
     let mut running = Params::new();
@@ -149,7 +174,8 @@ fn reference(plan: &Plan, p: &Params, images: &[f32], n: usize, hw: (usize, usiz
                     let act = act_code(l.activation);
                     for ch in 0..c {
                         let zp = z.plane();
-                        let vals: Vec<usize> = (0..z.n).flat_map(|b| (0..zp).map(move |q| (b * c + ch) * zp + q)).collect();
+                        let vals: Vec<usize> =
+                            (0..z.n).flat_map(|b| (0..zp).map(move |q| (b * c + ch) * zp + q)).collect();
                         let mean = vals.iter().map(|&i| z.d[i]).sum::<f64>() / m;
                         let var = vals.iter().map(|&i| (z.d[i] - mean).powi(2)).sum::<f64>() / m;
                         rstd[ch] = 1.0 / (var + eps).sqrt();
@@ -179,7 +205,8 @@ fn reference(plan: &Plan, p: &Params, images: &[f32], n: usize, hw: (usize, usiz
                     let mut pooled = vec![0.0; n * c];
                     for b in 0..n {
                         for ch in 0..c {
-                            pooled[b * c + ch] = (0..plane).map(|q| x.d[(b * c + ch) * plane + q]).sum::<f64>() / plane as f64;
+                            pooled[b * c + ch] =
+                                (0..plane).map(|q| x.d[(b * c + ch) * plane + q]).sum::<f64>() / plane as f64;
                         }
                     }
                     let mut hpre = vec![0.0; n * s];
@@ -222,7 +249,8 @@ fn reference(plan: &Plan, p: &Params, images: &[f32], n: usize, hw: (usize, usiz
     // Pool and classifier.
     let f = x.c;
     let plane = x.plane();
-    let mut feats: Vec<Vec<f64>> = vec![(0..n * f).map(|i| (0..plane).map(|q| x.d[i * plane + q]).sum::<f64>() / plane as f64).collect()];
+    let mut feats: Vec<Vec<f64>> =
+        vec![(0..n * f).map(|i| (0..plane).map(|q| x.d[i * plane + q]).sum::<f64>() / plane as f64).collect()];
     let mut widths = vec![f];
     let mut mask_i = 0;
     let mut layer_masks = Vec::new();
@@ -335,7 +363,8 @@ fn reference(plan: &Plan, p: &Params, images: &[f32], n: usize, hw: (usize, usiz
                     let mut dgamma = vec![0.0; c];
                     let mut dbeta = vec![0.0; c];
                     for ch in 0..c {
-                        let idx: Vec<usize> = (0..n).flat_map(|b| (0..plane).map(move |q| (b * c + ch) * plane + q)).collect();
+                        let idx: Vec<usize> =
+                            (0..n).flat_map(|b| (0..plane).map(move |q| (b * c + ch) * plane + q)).collect();
                         let gv: Vec<f64> = idx.iter().map(|&i| dx.d[i] * act_grad_f64(pre.d[i], act)).collect();
                         let db: f64 = gv.iter().sum();
                         let dg: f64 = idx.iter().zip(&gv).map(|(&i, g)| g * xhat.d[i]).sum();
@@ -451,13 +480,16 @@ fn random_batch(seed: u64, n: usize, h: usize, w: usize, classes: usize) -> (Vec
 /// different sides, a legitimate difference the comparison could not tell from a bug).
 fn perturb(t: &mut Trainer, seed: u64) {
     let mut rng = Rng::new(seed);
-    let convs: Vec<(String, Vec<usize>)> = t.params().filter(|(_, s, _)| s.len() == 4).map(|(k, s, _)| (k.to_string(), s.to_vec())).collect();
+    let convs: Vec<(String, Vec<usize>)> =
+        t.params().filter(|(_, s, _)| s.len() == 4).map(|(k, s, _)| (k.to_string(), s.to_vec())).collect();
     for (key, shape) in convs {
         let fan_in = (shape[1] * shape[2] * shape[3]) as f32;
-        let data: Vec<f32> = (0..shape.iter().product::<usize>()).map(|_| rng.normal() * (1.0 / fan_in).sqrt()).collect();
+        let data: Vec<f32> =
+            (0..shape.iter().product::<usize>()).map(|_| rng.normal() * (1.0 / fan_in).sqrt()).collect();
         t.load(&key, &data).unwrap();
     }
-    let keys: Vec<(String, usize)> = t.params().filter(|(_, s, _)| s.len() == 1).map(|(k, _, v)| (k.to_string(), v.len())).collect();
+    let keys: Vec<(String, usize)> =
+        t.params().filter(|(_, s, _)| s.len() == 1).map(|(k, _, v)| (k.to_string(), v.len())).collect();
     for (key, len) in keys {
         let data: Vec<f32> = (0..len)
             .map(|_| {
@@ -482,9 +514,22 @@ fn rel_err(got: &[f32], want: &[f64]) -> f64 {
     }
 }
 
-fn check_against_reference(arch: Arch, width: f64, size: (usize, usize), n: usize, isa: Isa, dropout: f32, smoothing: f64) {
+fn check_against_reference(
+    arch: Arch,
+    width: f64,
+    size: (usize, usize),
+    n: usize,
+    isa: Isa,
+    dropout: f32,
+    smoothing: f64,
+) {
     let spec = ModelSpec::new(arch).with_width_mult(width).with_num_classes(10);
-    let cfg = TrainConfig::new(arch, n, size.0, size.1).with_isa(isa).with_threads(2).with_dropout(dropout).with_label_smoothing(smoothing).with_seed(3);
+    let cfg = TrainConfig::new(arch, n, size.0, size.1)
+        .with_isa(isa)
+        .with_threads(2)
+        .with_dropout(dropout)
+        .with_label_smoothing(smoothing)
+        .with_seed(3);
     let mut t = Trainer::new(&spec, cfg.clone()).unwrap();
     perturb(&mut t, 9);
     let before = params_f64(&t);
@@ -506,7 +551,11 @@ fn check_against_reference(arch: Arch, width: f64, size: (usize, usize), n: usiz
         let want = r.grads.get(key).unwrap_or_else(|| panic!("{what}: no reference gradient for {key}"));
         let max_abs = |v: &[f64]| v.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         // A BatchNorm bias: against its layer's scale (its weight's gradient shares `g`).
-        let layer_scale = key.strip_suffix(".bias").and_then(|p| r.grads.get(&format!("{p}.weight"))).filter(|w| w.len() == want.len()).map_or(0.0, |w| max_abs(w));
+        let layer_scale = key
+            .strip_suffix(".bias")
+            .and_then(|p| r.grads.get(&format!("{p}.weight")))
+            .filter(|w| w.len() == want.len())
+            .map_or(0.0, |w| max_abs(w));
         let scale = max_abs(want).max(layer_scale).max(1e-5 * global);
         let err = g.iter().zip(want).fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
         errors.push((err / scale, key.to_string()));
@@ -598,7 +647,10 @@ fn reference_matches_finite_differences() {
             let fd = (lp - lm) / (2.0 * step);
             let an = base.grads[&key][i];
             let scale = base.grads[&key].iter().fold(1e-8f64, |m, v| m.max(v.abs()));
-            assert!((fd - an).abs() <= 1e-5 * scale.max(1e-3), "{arch} {key}[{i}]: finite difference {fd:e}, analytic {an:e}");
+            assert!(
+                (fd - an).abs() <= 1e-5 * scale.max(1e-3),
+                "{arch} {key}[{i}]: finite difference {fd:e}, analytic {an:e}"
+            );
         }
     }
 }
@@ -672,7 +724,8 @@ fn smaller_batches_match_a_trainer_of_that_size() {
     let (h, w) = (33, 35);
     let (images, labels) = random_batch(12, 5, h, w, 10);
     let run = |batch: usize| {
-        let mut t = Trainer::new(&spec, TrainConfig::new(Arch::V3Small, batch, h, w).with_threads(2).with_dropout(0.0)).unwrap();
+        let mut t = Trainer::new(&spec, TrainConfig::new(Arch::V3Small, batch, h, w).with_threads(2).with_dropout(0.0))
+            .unwrap();
         let loss = t.step(&images, &labels).unwrap();
         let grads: Vec<Vec<f32>> = t.grads().map(|(_, _, g)| g.to_vec()).collect();
         let eval = t.eval(&images[..3 * h * w]).unwrap().to_vec();

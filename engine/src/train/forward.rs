@@ -164,14 +164,18 @@ pub fn se_forward(ctx: &Ctx, se: &mut SeNode) {
         *p = (s / rows as f64) as f32;
     }
     se.fc1.forward(isa, se.pooled.as_ptr(), cp, n, se.hidden_pre.as_mut_ptr(), sp);
-    for i in 0..n * sp {
-        se.hidden_pre[i] += se.fc1.bias_p[i % sp];
-        se.hidden[i] = act_scalar(se.hidden_pre[i], ACT_RELU);
+    for (pre, hidden) in se.hidden_pre[..n * sp].chunks_exact_mut(sp).zip(se.hidden.chunks_exact_mut(sp)) {
+        for ((p, h), b) in pre.iter_mut().zip(hidden.iter_mut()).zip(&se.fc1.bias_p) {
+            *p += b;
+            *h = act_scalar(*p, ACT_RELU);
+        }
     }
     se.fc2.forward(isa, se.hidden.as_ptr(), sp, n, se.gate_pre.as_mut_ptr(), cp);
-    for i in 0..n * cp {
-        se.gate_pre[i] += se.fc2.bias_p[i % cp];
-        se.gate[i] = act_scalar(se.gate_pre[i], ACT_HARDSIGMOID);
+    for (pre, gate) in se.gate_pre[..n * cp].chunks_exact_mut(cp).zip(se.gate.chunks_exact_mut(cp)) {
+        for ((p, g), b) in pre.iter_mut().zip(gate.iter_mut()).zip(&se.fc2.bias_p) {
+            *p += b;
+            *g = act_scalar(*p, ACT_HARDSIGMOID);
+        }
     }
     let gate = Ptr::new(se.gate.as_mut_ptr());
     par_ranges(n, 1, |n0, n1| {

@@ -39,30 +39,47 @@ impl PathStack {
     }
 }
 
+/// Receives every float tensor of a module with its torchvision key, in visiting order.
+trait KeyedVisit {
+    fn tensor<const D: usize>(&mut self, key: String, tensor: Tensor<D>);
+}
+
+/// A module visitor that tracks the key and hands each float tensor to a [`KeyedVisit`].
+struct Keyed<V> {
+    stack: PathStack,
+    inner: V,
+}
+
+impl<V: KeyedVisit> ModuleVisitor for Keyed<V> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, container_type: &str) {
+        self.stack.exit(container_type);
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.inner.tensor(self.stack.path(), param.val());
+    }
+}
+
+fn visit_keyed<M: Module, V: KeyedVisit>(module: &M, inner: V) -> V {
+    let mut visitor = Keyed { stack: PathStack::default(), inner };
+    module.visit(&mut visitor);
+    visitor.inner
+}
+
 /// Every float tensor of `module`, by torchvision key.
 pub fn collect<M: Module>(module: &M) -> BTreeMap<String, Flat> {
-    struct Collect {
-        stack: PathStack,
-        out: BTreeMap<String, Flat>,
-    }
-    impl ModuleVisitor for Collect {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.stack.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let tensor = param.val();
+    struct Collect(BTreeMap<String, Flat>);
+    impl KeyedVisit for Collect {
+        fn tensor<const D: usize>(&mut self, key: String, tensor: Tensor<D>) {
             let trainable = tensor.is_require_grad();
             let dims = tensor.dims().to_vec();
             let value = tensor.inner().detach().flatten::<1>(0, D - 1);
-            self.out.insert(self.stack.path(), Flat { dims, value, trainable });
+            self.0.insert(key, Flat { dims, value, trainable });
         }
     }
-    let mut visitor = Collect { stack: PathStack::default(), out: BTreeMap::new() };
-    module.visit(&mut visitor);
-    visitor.out
+    visit_keyed(module, Collect(BTreeMap::new())).0
 }
 
 /// Rebuilds `module` with `update(path, flat)` applied to every float tensor; `None` keeps the
@@ -107,52 +124,28 @@ pub fn map<M: Module>(module: M, update: impl FnMut(&str, &Flat) -> Option<Tenso
 
 /// The gradient of every trained tensor of `module`, flattened, by torchvision key.
 pub fn gradients<M: Module>(module: &M, grads: &burn::tensor::Gradients) -> BTreeMap<String, Tensor<1>> {
-    struct Grads<'a> {
-        stack: PathStack,
-        grads: &'a burn::tensor::Gradients,
-        out: BTreeMap<String, Tensor<1>>,
-    }
-    impl ModuleVisitor for Grads<'_> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.stack.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let tensor = param.val();
+    struct Grads<'a>(&'a burn::tensor::Gradients, BTreeMap<String, Tensor<1>>);
+    impl KeyedVisit for Grads<'_> {
+        fn tensor<const D: usize>(&mut self, key: String, tensor: Tensor<D>) {
             if !tensor.is_require_grad() {
                 return;
             }
-            if let Some(grad) = tensor.grad(self.grads) {
-                self.out.insert(self.stack.path(), grad.flatten::<1>(0, D - 1));
+            if let Some(grad) = tensor.grad(self.0) {
+                self.1.insert(key, grad.flatten::<1>(0, D - 1));
             }
         }
     }
-    let mut visitor = Grads { stack: PathStack::default(), grads, out: BTreeMap::new() };
-    module.visit(&mut visitor);
-    visitor.out
+    visit_keyed(module, Grads(grads, BTreeMap::new())).1
 }
 
-/// Walks a module and returns every float parameter's path (torchvision key) and shape, in
-/// visiting order. Running statistics count as parameters here, as they do in a `state_dict`.
+/// Every float tensor's key and shape, in visiting order. Running statistics count as
+/// parameters here, as they do in a `state_dict`.
 pub fn parameter_paths<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
-    struct Paths {
-        stack: PathStack,
-        out: Vec<(String, Vec<usize>)>,
-    }
-    impl ModuleVisitor for Paths {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, container_type: &str) {
-            self.stack.exit(container_type);
-        }
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::Tensor<D>>) {
-            self.out.push((self.stack.path(), param.shape().dims::<D>().to_vec()));
+    struct Paths(Vec<(String, Vec<usize>)>);
+    impl KeyedVisit for Paths {
+        fn tensor<const D: usize>(&mut self, key: String, tensor: Tensor<D>) {
+            self.0.push((key, tensor.dims().to_vec()));
         }
     }
-    let mut paths = Paths { stack: Default::default(), out: Vec::new() };
-    module.visit(&mut paths);
-    paths.out
+    visit_keyed(module, Paths(Vec::new())).0
 }

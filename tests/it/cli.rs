@@ -1,14 +1,8 @@
 //! The command line: summary output, infer round trip, and clear errors for bad input.
 
-use std::process::Command;
 
 use crate::common::*;
 use mobilenet::io::tensor_io::{read_tensor, write_tensors, HostTensor};
-
-fn mobilenet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mobilenet")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 #[test]
 fn summary_prints_totals() {

@@ -3,7 +3,6 @@
 //! the `predict`/`import` commands. Expected values come from tools/fixtures/make_predict_fixtures.py.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::common::*;
 use mobilenet::data::labels::Labels;
@@ -23,11 +22,6 @@ fn photo(name: &str) -> PathBuf {
 
 fn expected() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("predict_expected.json")).unwrap()).unwrap()
-}
-
-fn mobilenet(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_mobilenet")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 /// torchvision's real MobileNetV2 weights, or `None` (with the reason on stderr) when

@@ -36,6 +36,29 @@ pub struct ConvLayer {
 }
 
 impl ConvLayer {
+    /// torchvision's `Conv2dNormActivation` at `prefix`: conv `prefix.0`, BN `prefix.1`,
+    /// activation `prefix.2`; a depthwise conv has as many groups as channels.
+    pub fn conv_norm_act(
+        prefix: &str,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        depthwise: bool,
+        activation: Option<Activation>,
+    ) -> ConvLayer {
+        ConvLayer {
+            conv_key: format!("{prefix}.0"),
+            norm_key: format!("{prefix}.1"),
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            groups: if depthwise { in_channels } else { 1 },
+            activation,
+        }
+    }
+
     pub fn is_depthwise(&self) -> bool {
         self.groups > 1 && self.groups == self.in_channels && self.in_channels == self.out_channels
     }
@@ -244,32 +267,9 @@ fn next_sibling(key: &str) -> String {
     format!("{parent}.{}", index + 1)
 }
 
-/// torchvision's `Conv2dNormActivation` at `prefix`: conv `prefix.0`, BN `prefix.1`,
-/// activation `prefix.2`.
-fn conv_norm_act(
-    prefix: &str,
-    in_channels: usize,
-    out_channels: usize,
-    kernel: usize,
-    stride: usize,
-    depthwise: bool,
-    activation: Option<Activation>,
-) -> ConvLayer {
-    ConvLayer {
-        conv_key: format!("{prefix}.0"),
-        norm_key: format!("{prefix}.1"),
-        in_channels,
-        out_channels,
-        kernel,
-        stride,
-        groups: if depthwise { in_channels } else { 1 },
-        activation,
-    }
-}
-
 /// The stem: a full 3x3/2 conv from RGB.
 fn stem(out_channels: usize, activation: Activation) -> Stage {
-    Stage::Conv(conv_norm_act("features.0", 3, out_channels, 3, 2, false, Some(activation)))
+    Stage::Conv(ConvLayer::conv_norm_act("features.0", 3, out_channels, 3, 2, false, Some(activation)))
 }
 
 /// torchvision's `use_res_connect`.
@@ -287,8 +287,16 @@ fn v1_features(spec: &ModelSpec) -> Vec<Stage> {
         let key = format!("features.{}", i + 1);
         let out = scale_channels(out, spec.width_mult);
         let layers = vec![
-            BlockLayer::Conv(conv_norm_act(&format!("{key}.0"), channels, channels, 3, stride, true, Some(act))),
-            BlockLayer::Conv(conv_norm_act(&format!("{key}.1"), channels, out, 1, 1, false, Some(act))),
+            BlockLayer::Conv(ConvLayer::conv_norm_act(
+                &format!("{key}.0"),
+                channels,
+                channels,
+                3,
+                stride,
+                true,
+                Some(act),
+            )),
+            BlockLayer::Conv(ConvLayer::conv_norm_act(&format!("{key}.1"), channels, out, 1, 1, false, Some(act))),
         ];
         features.push(Stage::Block(Block { key, layers, residual: false }));
         channels = out;
@@ -313,10 +321,26 @@ fn v2_features(spec: &ModelSpec) -> Vec<Stage> {
             let hidden = channels * expansion;
             let mut layers = Vec::new();
             if expansion != 1 {
-                layers.push(BlockLayer::Conv(conv_norm_act(&format!("{p}.0"), channels, hidden, 1, 1, false, act)));
+                layers.push(BlockLayer::Conv(ConvLayer::conv_norm_act(
+                    &format!("{p}.0"),
+                    channels,
+                    hidden,
+                    1,
+                    1,
+                    false,
+                    act,
+                )));
             }
             let j = layers.len();
-            layers.push(BlockLayer::Conv(conv_norm_act(&format!("{p}.{j}"), hidden, hidden, 3, stride, true, act)));
+            layers.push(BlockLayer::Conv(ConvLayer::conv_norm_act(
+                &format!("{p}.{j}"),
+                hidden,
+                hidden,
+                3,
+                stride,
+                true,
+                act,
+            )));
             // The linear bottleneck: conv and BN are separate children of `conv`, no activation.
             layers.push(BlockLayer::Conv(ConvLayer {
                 conv_key: format!("{p}.{}", j + 1),
@@ -335,7 +359,7 @@ fn v2_features(spec: &ModelSpec) -> Vec<Stage> {
     // The last conv never shrinks below 1280 channels (torchvision: `1280 · max(1, width_mult)`).
     let last = make_divisible(V2_LAST_CHANNELS as f64 * width.max(1.0), 8);
     let key = format!("features.{}", features.len());
-    features.push(Stage::Conv(conv_norm_act(&key, channels, last, 1, 1, false, act)));
+    features.push(Stage::Conv(ConvLayer::conv_norm_act(&key, channels, last, 1, 1, false, act)));
     features
 }
 
@@ -353,10 +377,18 @@ fn v3_features(spec: &ModelSpec) -> Vec<Stage> {
         let act = Some(row.activation);
         let mut layers = Vec::new();
         if exp != inp {
-            layers.push(BlockLayer::Conv(conv_norm_act(&format!("{p}.0"), inp, exp, 1, 1, false, act)));
+            layers.push(BlockLayer::Conv(ConvLayer::conv_norm_act(&format!("{p}.0"), inp, exp, 1, 1, false, act)));
         }
         let j = layers.len();
-        layers.push(BlockLayer::Conv(conv_norm_act(&format!("{p}.{j}"), exp, exp, row.kernel, row.stride, true, act)));
+        layers.push(BlockLayer::Conv(ConvLayer::conv_norm_act(
+            &format!("{p}.{j}"),
+            exp,
+            exp,
+            row.kernel,
+            row.stride,
+            true,
+            act,
+        )));
         if row.use_se {
             let key = format!("{p}.{}", layers.len());
             layers.push(BlockLayer::SqueezeExcite(SqueezeExcite {
@@ -366,12 +398,12 @@ fn v3_features(spec: &ModelSpec) -> Vec<Stage> {
             }));
         }
         let j = layers.len();
-        layers.push(BlockLayer::Conv(conv_norm_act(&format!("{p}.{j}"), exp, out, 1, 1, false, None)));
+        layers.push(BlockLayer::Conv(ConvLayer::conv_norm_act(&format!("{p}.{j}"), exp, out, 1, 1, false, None)));
         features.push(Stage::Block(Block { key, layers, residual: adds_input(inp, out, row.stride) }));
     }
     let last_in = rows[rows.len() - 1].out_channels;
     let key = format!("features.{}", features.len());
-    features.push(Stage::Conv(conv_norm_act(&key, last_in, 6 * last_in, 1, 1, false, Some(hs))));
+    features.push(Stage::Conv(ConvLayer::conv_norm_act(&key, last_in, 6 * last_in, 1, 1, false, Some(hs))));
     features
 }
 

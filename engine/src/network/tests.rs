@@ -88,28 +88,6 @@ fn run(isa: Isa, tensors: NamedTensors, input: &Chw, build: impl FnOnce(&mut Bui
     Chw { c, h: g.h, w: g.w, data }
 }
 
-/// A conv-BN-act at `prefix` (`prefix.0`, `prefix.1`), as the plan describes one.
-fn conv_layer(
-    prefix: &str,
-    cin: usize,
-    cout: usize,
-    kernel: usize,
-    stride: usize,
-    depthwise: bool,
-    activation: Option<Activation>,
-) -> ConvLayer {
-    ConvLayer {
-        conv_key: format!("{prefix}.0"),
-        norm_key: format!("{prefix}.1"),
-        in_channels: cin,
-        out_channels: cout,
-        kernel,
-        stride,
-        groups: if depthwise { cin } else { 1 },
-        activation,
-    }
-}
-
 fn src_finish(src: &TensorSource) {
     src.finish().expect("every tensor used");
 }
@@ -146,7 +124,7 @@ fn pointwise_conv_matches_reference() {
             let mut t = HashMap::new();
             insert_conv_bn(&mut t, "pw", &wts, vec![cout, cin, 1, 1], &bn);
             let ours = run(isa, t, &x, |b| {
-                b.conv(&conv_layer("pw", cin, cout, 1, 1, false, act), 0, residual.then_some(0)).unwrap()
+                b.conv(&ConvLayer::conv_norm_act("pw", cin, cout, 1, 1, false, act), 0, residual.then_some(0)).unwrap()
             });
             assert_close(&ours, &want, &format!("{isa} pointwise {cin}->{cout} {h}x{w} {act:?} residual {residual}"));
         }
@@ -178,8 +156,9 @@ fn depthwise_conv_matches_reference() {
             );
             let mut t = HashMap::new();
             insert_conv_bn(&mut t, "dw", &wts, vec![c, 1, kernel, kernel], &bn);
-            let ours =
-                run(isa, t, &x, |b| b.conv(&conv_layer("dw", c, c, kernel, stride, true, act), 0, None).unwrap());
+            let ours = run(isa, t, &x, |b| {
+                b.conv(&ConvLayer::conv_norm_act("dw", c, c, kernel, stride, true, act), 0, None).unwrap()
+            });
             assert_close(&ours, &want, &format!("{isa} depthwise c{c} k{kernel} s{stride} {h}x{w} {act:?}"));
         }
     }
@@ -209,8 +188,9 @@ fn stem_conv_matches_reference() {
             );
             let mut t = HashMap::new();
             insert_conv_bn(&mut t, "stem", &wts, vec![cout, cin, 3, 3], &bn);
-            let ours =
-                run(isa, t, &x, |b| b.conv(&conv_layer("stem", cin, cout, 3, stride, false, act), 0, None).unwrap());
+            let ours = run(isa, t, &x, |b| {
+                b.conv(&ConvLayer::conv_norm_act("stem", cin, cout, 3, stride, false, act), 0, None).unwrap()
+            });
             assert_close(&ours, &want, &format!("{isa} stem {cin}->{cout} s{stride} {h}x{w} {act:?}"));
         }
     }

@@ -1,6 +1,5 @@
 //! The command line: summary output, infer round trip, and clear errors for bad input.
 
-
 use crate::common::*;
 use mobilenet::io::tensor_io::{read_tensor, write_tensors, HostTensor};
 

@@ -2,13 +2,14 @@
 //! Linears ([`Dense`]: a weight `[out][in]` with the packed copies the three products read),
 //! and the stem (a full k x k conv from the NCHW images) through [`im2col`].
 
-use super::gemm::{matmul, MatMul};
+use super::gemm::{matmul, pack_panels_with, MatMul};
 use crate::simd::{pad_channels, Isa};
 
 /// A weight `[out][in]` (torch's layout; a conv's `[out, in, 1, 1]`, or the stem's
-/// `[out, in·k·k]`) with an optional bias, and the copies the GEMMs read:
-/// `wt [in][out_p]` (forward, `Y = X · Wᵀ`) and `wp [out][in_p]` (input grad, `dX = dY · W`),
-/// zero-padded. The weight gradient comes out as `grad [out][in_p]`.
+/// `[out, in·k·k]`) with an optional bias, and the copies the GEMMs read, packed in panels of
+/// two vectors of columns ([`super::gemm::pack_panels`], for the ISA's lanes) and zero-padded:
+/// `wt`, Wᵀ `[in][out_p]` (forward, `Y = X · Wᵀ`), and `wp`, W `[out][in_p]` (input grad,
+/// `dX = dY · W`). The weight gradient comes out as `grad [out][in_p]` (row-major).
 #[derive(Debug, Clone)]
 pub struct Dense {
     pub out: usize,
@@ -20,6 +21,10 @@ pub struct Dense {
     pub bias: Option<usize>,
     pub wt: Vec<f32>,
     pub wp: Vec<f32>,
+    /// Panel strides of `wt` and `wp`, and the lanes they were packed for.
+    pub wt_panel: usize,
+    pub wp_panel: usize,
+    pub lanes: usize,
     pub grad: Vec<f32>,
     pub bias_grad: Vec<f32>,
     /// The bias, padded to `out_p` (zeros without one).
@@ -36,23 +41,24 @@ impl Dense {
             in_p,
             weight,
             bias,
-            wt: vec![0.0; inp * out_p],
-            wp: vec![0.0; out * in_p],
+            wt: Vec::new(),
+            wp: Vec::new(),
+            wt_panel: 0,
+            wp_panel: 0,
+            lanes: 0,
             grad: vec![0.0; out * in_p],
             bias_grad: vec![0.0; out],
             bias_p: vec![0.0; out_p],
         }
     }
 
-    /// Rebuilds the packed copies from torch's `[out][in]` (and the bias).
-    pub fn pack(&mut self, w: &[f32], bias: Option<&[f32]>) {
-        for o in 0..self.out {
-            for i in 0..self.inp {
-                let v = w[o * self.inp + i];
-                self.wt[i * self.out_p + o] = v;
-                self.wp[o * self.in_p + i] = v;
-            }
-        }
+    /// Rebuilds the packed copies from torch's `[out][in]` (and the bias), for `lanes`.
+    pub fn pack(&mut self, w: &[f32], bias: Option<&[f32]>, lanes: usize) {
+        let (out, inp) = (self.out, self.inp);
+        // Wᵀ [in][out_p] and W [out][in_p], zero past the real sizes.
+        self.wt_panel = pack_panels_with(inp, out, lanes, &mut self.wt, |i, o| w[o * inp + i]);
+        self.wp_panel = pack_panels_with(out, inp, lanes, &mut self.wp, |o, i| w[o * inp + i]);
+        self.lanes = lanes;
         if let Some(b) = bias {
             self.bias_p[..self.out].copy_from_slice(b);
         }
@@ -77,7 +83,8 @@ impl Dense {
                 lda: ldx,
                 trans_a: false,
                 b: self.wt.as_ptr(),
-                ldb: self.out_p,
+                ldb: 2 * self.lanes,
+                b_panel: self.wt_panel,
                 c: y,
                 ldc: ldy,
                 accumulate: false,
@@ -99,6 +106,7 @@ impl Dense {
                 trans_a: true,
                 b: x,
                 ldb: ldx,
+                b_panel: 0,
                 c,
                 ldc: self.in_p,
                 accumulate: false,
@@ -118,7 +126,8 @@ impl Dense {
                 lda: ldd,
                 trans_a: false,
                 b: self.wp.as_ptr(),
-                ldb: self.in_p,
+                ldb: 2 * self.lanes,
+                b_panel: self.wp_panel,
                 c: dx,
                 ldc: ldx,
                 accumulate: false,

@@ -38,9 +38,13 @@ pub struct MatMul {
     pub a: *const f32,
     pub lda: usize,
     pub trans_a: bool,
-    /// `B[p][j]` is `b[p · ldb + j]`.
+    /// `B[p][j]` is `b[p · ldb + j]`; or, with `b_panel` non-zero, B is packed in panels of
+    /// two vectors of columns ([`pack_panels`]) and `ldb` is the panel width `w = 2 · lanes` of
+    /// the ISA run: `B[p][j]` is `b[(j / w) · b_panel + p · w + j % w]` (each panel's rows
+    /// contiguous: the weights' layout).
     pub b: *const f32,
     pub ldb: usize,
+    pub b_panel: usize,
     pub c: *mut f32,
     pub ldc: usize,
     /// Add to C rather than overwrite it.
@@ -70,7 +74,13 @@ unsafe fn tile<S: TrainSimd, const R: usize, const NV: usize, const TA: bool>(
             }
         }
     }
-    let mut bp = mm.b.add(p0 * mm.ldb + j);
+    let (mut bp, ldb) = if mm.b_panel == 0 {
+        (mm.b.add(p0 * mm.ldb + j), mm.ldb)
+    } else {
+        let w = mm.ldb;
+        debug_assert_eq!(w, 2 * S::LANES, "B packed for another ISA");
+        (mm.b.add((j / w) * mm.b_panel + p0 * w + j % w), w)
+    };
     if TA {
         let mut ap = mm.a.add(p0 * mm.lda + i);
         for _ in p0..p1 {
@@ -85,7 +95,7 @@ unsafe fn tile<S: TrainSimd, const R: usize, const NV: usize, const TA: bool>(
                 }
             }
             ap = ap.add(mm.lda);
-            bp = bp.add(mm.ldb);
+            bp = bp.add(ldb);
         }
     } else {
         let mut rows = [mm.a; R];
@@ -103,7 +113,7 @@ unsafe fn tile<S: TrainSimd, const R: usize, const NV: usize, const TA: bool>(
                     acc[r][v] = S::fma(av, bv[v], acc[r][v]);
                 }
             }
-            bp = bp.add(mm.ldb);
+            bp = bp.add(ldb);
         }
     }
     for r in 0..R {
@@ -222,6 +232,38 @@ pub fn matmul(isa: Isa, mm: &MatMul) {
     }
 }
 
+/// Packs the first `cols` columns of `B`, given as `at(p, j)` for `p < rows`, into panels of
+/// `2 · lanes` columns, each `[rows][2 · lanes]` and zero-padded, into `out` (resized; no
+/// allocation once it has the size): returns the `b_panel` stride (see [`MatMul::b`]).
+pub fn pack_panels_with(
+    rows: usize,
+    cols: usize,
+    lanes: usize,
+    out: &mut Vec<f32>,
+    at: impl Fn(usize, usize) -> f32,
+) -> usize {
+    let w = 2 * lanes;
+    let panels = cols.div_ceil(w);
+    out.resize(panels * rows * w, 0.0);
+    for q in 0..panels {
+        for p in 0..rows {
+            let row = &mut out[(q * rows + p) * w..(q * rows + p + 1) * w];
+            for (c, v) in row.iter_mut().enumerate() {
+                let j = q * w + c;
+                *v = if j < cols { at(p, j) } else { 0.0 };
+            }
+        }
+    }
+    rows * w
+}
+
+/// [`pack_panels_with`] for a row-major `[rows][ld]` matrix.
+pub fn pack_panels(b: &[f32], rows: usize, cols: usize, ld: usize, lanes: usize) -> (Vec<f32>, usize) {
+    let mut out = Vec::new();
+    let stride = pack_panels_with(rows, cols, lanes, &mut out, |p, j| b[p * ld + j]);
+    (out, stride)
+}
+
 /// The plain f64 product the tests compare against (same addressing as [`MatMul`]).
 #[cfg(test)]
 pub fn matmul_reference(mm: &MatMul, c: &mut [f64]) {
@@ -231,7 +273,12 @@ pub fn matmul_reference(mm: &MatMul, c: &mut [f64]) {
                 let mut acc = if mm.accumulate { *mm.c.add(i * mm.ldc + j) as f64 } else { 0.0 };
                 for p in 0..mm.k {
                     let a = if mm.trans_a { *mm.a.add(p * mm.lda + i) } else { *mm.a.add(i * mm.lda + p) };
-                    acc += a as f64 * *mm.b.add(p * mm.ldb + j) as f64;
+                    let b = if mm.b_panel == 0 {
+                        *mm.b.add(p * mm.ldb + j)
+                    } else {
+                        *mm.b.add((j / mm.ldb) * mm.b_panel + p * mm.ldb + j % mm.ldb)
+                    };
+                    acc += a as f64 * b as f64;
                 }
                 c[i * mm.ldc + j] = acc;
             }
@@ -270,6 +317,7 @@ mod tests {
                             trans_a,
                             b: b.as_ptr(),
                             ldb,
+                            b_panel: 0,
                             c: c.as_mut_ptr(),
                             ldc,
                             accumulate,
@@ -278,6 +326,13 @@ mod tests {
                         matmul_reference(&mm, &mut want);
                         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
                         pool.install(|| matmul(isa, &mm));
+                        // The same product with B packed in panels: the same bits.
+                        let (packed, b_panel) = pack_panels(&b, k, n, ldb, isa.lanes());
+                        let mut c2 = c0.clone();
+                        let mm2 =
+                            MatMul { b: packed.as_ptr(), ldb: 2 * isa.lanes(), b_panel, c: c2.as_mut_ptr(), ..mm };
+                        pool.install(|| matmul(isa, &mm2));
+                        assert!(c2 == c, "{isa}: packed B differs");
                         for i in 0..m {
                             for j in 0..ldc {
                                 let got = c[i * ldc + j] as f64;
@@ -318,6 +373,7 @@ mod tests {
                 trans_a: true,
                 b: a.as_ptr(),
                 ldb: k,
+                b_panel: 0,
                 c: c.as_mut_ptr(),
                 ldc: 96,
                 accumulate: false,
@@ -365,6 +421,7 @@ fn gemm_speed() {
             trans_a: ta,
             b: b.as_ptr(),
             ldb: n,
+            b_panel: 0,
             c: c.as_mut_ptr(),
             ldc: n,
             accumulate: false,
@@ -392,6 +449,7 @@ fn gemm_speed() {
             trans_a: false,
             b: b.as_ptr(),
             ldb,
+            b_panel: 0,
             c: c.as_mut_ptr(),
             ldc: n,
             accumulate: false,

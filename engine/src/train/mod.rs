@@ -11,9 +11,9 @@
 //! pass, and leaves every parameter's gradient readable by key ([`Trainer::grad`],
 //! [`Trainer::grads`]) and the logits ([`Trainer::logits`]). [`Trainer::eval`] is the
 //! eval-mode forward (running statistics, no dropout). Optimizers update the values through
-//! [`Trainer::update`] (or [`Trainer::sgd`]); the layers' packed weight copies are rebuilt from
-//! the store before the next pass whenever a value changed (a repack per optimizer step:
-//! O(parameters), small next to a step).
+//! [`Trainer::update`] (or [`Trainer::sgd`]); the layers' packed weight copies (GEMM panels,
+//! depthwise taps) are rebuilt from the store before the next pass whenever a value changed (a
+//! repack per optimizer step: O(parameters), small next to a step, and no allocation).
 //!
 //! # Semantics (torchvision, train mode)
 //! - conv: padding `(k - 1) / 2`, no bias; depthwise k = 3 or 5, stride 1 or 2.
@@ -439,12 +439,13 @@ impl Trainer {
             return;
         }
         let params = &self.params;
+        let lanes = self.isa.lanes();
         for node in &mut self.nodes {
             match node {
                 Node::Conv(c) => {
                     let w = params.value(c.weight);
                     if let Some(d) = c.dense.as_mut() {
-                        d.pack(w, None);
+                        d.pack(w, None, lanes);
                     } else {
                         let kk = c.layer.kernel * c.layer.kernel;
                         for ch in 0..c.layer.out_channels {
@@ -456,16 +457,16 @@ impl Trainer {
                 }
                 Node::Se(se) => {
                     for fc in [&mut se.fc1, &mut se.fc2] {
-                        let b = fc.bias.map(|b| params.value(b).to_vec());
-                        fc.pack(params.value(fc.weight), b.as_deref());
+                        let b = fc.bias.map(|b| params.value(b));
+                        fc.pack(params.value(fc.weight), b, lanes);
                     }
                 }
             }
         }
         for layer in &mut self.head {
             if let HeadNode::Linear(d) = layer {
-                let b = d.bias.map(|b| params.value(b).to_vec());
-                d.pack(params.value(d.weight), b.as_deref());
+                let b = d.bias.map(|b| params.value(b));
+                d.pack(params.value(d.weight), b, lanes);
             }
         }
         self.dirty = false;

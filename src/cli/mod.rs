@@ -4,12 +4,14 @@ use burn::tensor::Device;
 use clap::{Parser, Subcommand};
 
 pub(crate) mod args;
+mod bench;
 mod inspect;
 mod predict;
 mod train;
 
+use bench::{BenchArgs, BenchTrainArgs};
 use inspect::{ImportArgs, InferArgs, SummaryArgs};
-use predict::{BenchArgs, PredictArgs};
+use predict::PredictArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +50,9 @@ pub enum Command {
     /// Inference latency after warm-up: median and min ms per batch, images/s (the engine by
     /// default; --backend burn for burn on the CPU).
     Bench(BenchArgs),
+    /// Training-step time after warm-up (forward, backward, SGD-Nesterov) on random data:
+    /// median ms per step and images/s. The CPU trainer by default; --backend burn for burn.
+    BenchTrain(BenchTrainArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -61,6 +66,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => train::eval(args),
         Command::RecalibrateBn(args) => train::recalibrate(args),
         Command::CompareRuns(args) => train::compare(args),
-        Command::Bench(args) => predict::bench(args, &device),
+        Command::Bench(args) => bench::bench(args, &device),
+        Command::BenchTrain(args) => bench::bench_train(args),
     }
 }

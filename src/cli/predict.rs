@@ -1,4 +1,4 @@
-//! `predict` (classify image files) and `bench` (inference latency).
+//! `predict`: classify image files.
 
 use std::path::PathBuf;
 
@@ -8,31 +8,7 @@ use clap::Args;
 
 use crate::cli::args::{load_weights, BackendArgs, ModelArgs, PreprocessArgs};
 use crate::data::labels::Labels;
-use crate::inference::backend::{Backend, Runner};
 use crate::inference::predict::{self, Classifier, Outcome, RunOptions};
-use crate::io::weights;
-use crate::models::MobileNet;
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Weights to time (any format `predict` reads) [default: freshly initialised weights].
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    pub batch: usize,
-    /// Threads for the engine, and for burn's CPU kernels.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-    #[arg(long, default_value_t = 224)]
-    pub image_size: usize,
-    #[arg(long, value_enum, default_value_t = Backend::Engine)]
-    pub backend: Backend,
-    /// Time at least this long (after 3 warm-up runs, and at least 10 runs).
-    #[arg(long, default_value_t = 3.0)]
-    pub seconds: f64,
-}
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
@@ -139,55 +115,5 @@ fn print_result(out: &mut impl std::io::Write, result: &predict::ImageResult, js
         let label = p.label.clone().unwrap_or_else(|| format!("class {}", p.index));
         writeln!(out, "  {:>7.3}%  {label} ({})", p.prob * 100.0, p.index)?;
     }
-    Ok(())
-}
-
-pub(super) fn bench(args: BenchArgs, device: &Device) -> anyhow::Result<()> {
-    if args.batch == 0 || args.threads == 0 || args.image_size == 0 {
-        bail!("--batch, --threads and --image-size must be at least 1");
-    }
-    if !(args.seconds.is_finite() && args.seconds >= 0.0) {
-        bail!("--seconds must be a non-negative number");
-    }
-    let model = match &args.weights {
-        Some(path) => {
-            let Some(config) = args.model.config(weights::read_config(path)?)? else {
-                bail!("{}: the file does not say which model it holds; pass --model", path.display());
-            };
-            weights::load_into(MobileNet::new(&config, device)?, path)?
-        }
-        None => {
-            let Some(config) = args.model.config(None)? else {
-                bail!("bench needs --model NAME or --weights FILE");
-            };
-            MobileNet::new(&config, device)?
-        }
-    };
-    let config = *model.config();
-    // burn's CPU kernels use rayon's current pool: run them inside one of --threads threads.
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
-    let runner = Runner::new(model, args.backend, device, args.threads)?;
-    let (n, s) = (args.batch, args.image_size);
-    let pixels: Vec<f32> = (0..n * 3 * s * s).map(|i| (i % 251) as f32 / 125.0 - 1.0).collect();
-    let mut failure = None;
-    let result = pool.install(|| {
-        mobilenet_engine::bench::measure(n, 3, 10, std::time::Duration::from_secs_f64(args.seconds), || {
-            if let Err(e) = runner.logits(&pixels, n, s, s) {
-                failure.get_or_insert(e);
-            }
-        })
-    });
-    if let Some(e) = failure {
-        return Err(e.into());
-    }
-    let backend = match &runner {
-        Runner::Engine { engine, .. } => format!("engine ({})", engine.isa()),
-        Runner::Burn { .. } => "burn (flex)".to_string(),
-    };
-    println!(
-        "model: {} width {} | backend: {backend} | batch {n} | threads {} | {s}x{s}",
-        config.spec.arch, config.spec.width_mult, args.threads
-    );
-    println!("{}", result.report());
     Ok(())
 }

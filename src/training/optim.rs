@@ -5,6 +5,10 @@
 //! They are written here rather than taken from burn-optim because the recipes need things it
 //! does not give together: weight decay skipped for BatchNorm and bias tensors, state keyed by
 //! parameter path (so checkpoints are plain safetensors and resume exactly), and TF-style RMSProp.
+//!
+//! Each rule is written once, over [`OptVector`]: burn tensors (the burn path, on any device) and
+//! host vectors ([`HostVector`], the CPU trainer's parameters) both implement it, so the two
+//! training paths update weights by the same code and keep the same state under the same keys.
 
 use std::collections::BTreeMap;
 
@@ -69,13 +73,112 @@ impl OptimizerConfig {
     }
 }
 
-/// An optimizer and its state (one set of buffers per parameter path).
+/// The element-wise algebra the update rules need (each op consumes its operands, as burn's do).
+pub trait OptVector: Clone {
+    fn add(self, other: Self) -> Self;
+    fn sub(self, other: Self) -> Self;
+    fn div(self, other: Self) -> Self;
+    fn mul_scalar(self, a: f64) -> Self;
+    fn div_scalar(self, a: f64) -> Self;
+    fn add_scalar(self, a: f64) -> Self;
+    fn square(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn ones_like(&self) -> Self;
+    fn to_host(&self) -> HostTensor;
+}
+
+impl OptVector for Tensor<1> {
+    fn add(self, other: Self) -> Self {
+        self + other
+    }
+    fn sub(self, other: Self) -> Self {
+        self - other
+    }
+    fn div(self, other: Self) -> Self {
+        Tensor::div(self, other)
+    }
+    fn mul_scalar(self, a: f64) -> Self {
+        Tensor::mul_scalar(self, a)
+    }
+    fn div_scalar(self, a: f64) -> Self {
+        Tensor::div_scalar(self, a)
+    }
+    fn add_scalar(self, a: f64) -> Self {
+        Tensor::add_scalar(self, a)
+    }
+    fn square(self) -> Self {
+        self.powi_scalar(2)
+    }
+    fn sqrt(self) -> Self {
+        Tensor::sqrt(self)
+    }
+    fn ones_like(&self) -> Self {
+        Tensor::ones_like(self)
+    }
+    fn to_host(&self) -> HostTensor {
+        HostTensor::from_tensor(self.clone())
+    }
+}
+
+/// A parameter, gradient or optimizer buffer in host memory (f32, as torch keeps them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostVector(pub Vec<f32>);
+
+impl HostVector {
+    fn zip(mut self, other: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        self.0.iter_mut().zip(&other.0).for_each(|(a, &b)| *a = f(*a, b));
+        self
+    }
+    fn map(mut self, f: impl Fn(f32) -> f32) -> Self {
+        self.0.iter_mut().for_each(|a| *a = f(*a));
+        self
+    }
+}
+
+impl OptVector for HostVector {
+    fn add(self, other: Self) -> Self {
+        self.zip(other, |a, b| a + b)
+    }
+    fn sub(self, other: Self) -> Self {
+        self.zip(other, |a, b| a - b)
+    }
+    fn div(self, other: Self) -> Self {
+        self.zip(other, |a, b| a / b)
+    }
+    fn mul_scalar(self, s: f64) -> Self {
+        let s = s as f32;
+        self.map(|a| a * s)
+    }
+    fn div_scalar(self, s: f64) -> Self {
+        let s = s as f32;
+        self.map(|a| a / s)
+    }
+    fn add_scalar(self, s: f64) -> Self {
+        let s = s as f32;
+        self.map(|a| a + s)
+    }
+    fn square(self) -> Self {
+        self.map(|a| a * a)
+    }
+    fn sqrt(self) -> Self {
+        self.map(f32::sqrt)
+    }
+    fn ones_like(&self) -> Self {
+        HostVector(vec![1.0; self.0.len()])
+    }
+    fn to_host(&self) -> HostTensor {
+        HostTensor { shape: vec![self.0.len()], data: self.0.clone() }
+    }
+}
+
+/// An optimizer and its state (one set of buffers per parameter path), over burn tensors or
+/// host vectors.
 #[derive(Debug, Clone)]
-pub struct Optimizer {
+pub struct Optimizer<V = Tensor<1>> {
     pub config: OptimizerConfig,
     /// Steps taken (AdamW bias correction).
     pub steps: u64,
-    state: BTreeMap<String, Tensor<1>>,
+    state: BTreeMap<String, V>,
 }
 
 /// What one step did, for logging.
@@ -85,16 +188,94 @@ pub struct StepInfo {
     pub grad_norm: Option<f64>,
 }
 
-impl Optimizer {
+impl<V: OptVector> Optimizer<V> {
     pub fn new(config: OptimizerConfig) -> Self {
         Self { config, steps: 0, state: BTreeMap::new() }
     }
 
-    fn decays(&self, path: &str, flat: &Flat) -> bool {
-        let _ = path;
-        self.config.weight_decay > 0.0 && (self.config.decay_norm_and_bias || flat.dims.len() > 1)
+    /// Whether a tensor of rank `rank` gets weight decay (BatchNorm and bias vectors do not,
+    /// unless asked).
+    fn decays(&self, rank: usize) -> bool {
+        self.config.weight_decay > 0.0 && (self.config.decay_norm_and_bias || rank > 1)
     }
 
+    /// The state as named host tensors (for checkpoints; the same keys on both paths).
+    pub fn state_tensors(&self) -> Vec<(String, HostTensor)> {
+        self.state.iter().map(|(k, v)| (k.clone(), v.to_host())).collect()
+    }
+
+    /// One update of the tensor at `path` (value `p`, of rank `rank` before flattening) given
+    /// its gradient: the rules of torch's SGD and AdamW and timm's RMSpropTF.
+    pub fn update_vector(&mut self, path: &str, p: V, rank: usize, grad: V, lr: f64) -> V {
+        let c = self.config;
+        let decays = self.decays(rank);
+        let key = |buf: &str| format!("{path}/{buf}");
+        match c.kind {
+            OptimizerKind::Sgd => {
+                // torch.optim.SGD: d = g + wd·p; buf = μ·buf + d (buf = d at first);
+                // step = d + μ·buf (Nesterov) or buf.
+                let d = if decays { grad.add(p.clone().mul_scalar(c.weight_decay)) } else { grad };
+                let step = if c.momentum > 0.0 {
+                    let buf = match self.state.remove(&key("momentum_buffer")) {
+                        Some(buf) => buf.mul_scalar(c.momentum).add(d.clone()),
+                        None => d.clone(),
+                    };
+                    self.state.insert(key("momentum_buffer"), buf.clone());
+                    if c.nesterov {
+                        d.add(buf.mul_scalar(c.momentum))
+                    } else {
+                        buf
+                    }
+                } else {
+                    d
+                };
+                p.sub(step.mul_scalar(lr))
+            }
+            OptimizerKind::Rmsproptf => {
+                // timm RMSpropTF: ms starts at 1; ms = α·ms + (1-α)·g²;
+                // buf = μ·buf + lr·g / sqrt(ms + eps); p -= buf.
+                let g = if decays { grad.add(p.clone().mul_scalar(c.weight_decay)) } else { grad };
+                let ms = self.state.remove(&key("square_avg")).unwrap_or_else(|| p.ones_like());
+                let ms = ms.mul_scalar(c.alpha).add(g.clone().square().mul_scalar(1.0 - c.alpha));
+                let step = g.div(ms.clone().add_scalar(c.eps).sqrt()).mul_scalar(lr);
+                self.state.insert(key("square_avg"), ms);
+                let step = if c.momentum > 0.0 {
+                    let buf = match self.state.remove(&key("momentum_buffer")) {
+                        Some(buf) => buf.mul_scalar(c.momentum).add(step),
+                        None => step,
+                    };
+                    self.state.insert(key("momentum_buffer"), buf.clone());
+                    buf
+                } else {
+                    step
+                };
+                p.sub(step)
+            }
+            OptimizerKind::Adamw => {
+                // torch.optim.AdamW: p -= lr·wd·p; m, v moments with bias correction.
+                let p = if decays { p.clone().sub(p.mul_scalar(lr * c.weight_decay)) } else { p };
+                let m = match self.state.remove(&key("exp_avg")) {
+                    Some(m) => m.mul_scalar(c.beta1).add(grad.clone().mul_scalar(1.0 - c.beta1)),
+                    None => grad.clone().mul_scalar(1.0 - c.beta1),
+                };
+                let v = match self.state.remove(&key("exp_avg_sq")) {
+                    Some(v) => v.mul_scalar(c.alpha).add(grad.square().mul_scalar(1.0 - c.alpha)),
+                    None => grad.square().mul_scalar(1.0 - c.alpha),
+                };
+                let t = self.steps as i32;
+                let bc1 = 1.0 - c.beta1.powi(t);
+                let bc2 = 1.0 - c.alpha.powi(t);
+                let denom = v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps);
+                let step = m.clone().div(denom).mul_scalar(lr / bc1);
+                self.state.insert(key("exp_avg"), m);
+                self.state.insert(key("exp_avg_sq"), v);
+                p.sub(step)
+            }
+        }
+    }
+}
+
+impl Optimizer<Tensor<1>> {
     /// Applies one update to every parameter that has a gradient and for which `trainable`
     /// says yes (frozen parameters keep their value and their optimizer state).
     pub fn step(
@@ -131,79 +312,9 @@ impl Optimizer {
         (model, info)
     }
 
-    /// One update of the tensor at `path` (its value and shape in `flat`) given its gradient.
+    /// One update of the burn tensor at `path` (value and shape in `flat`) given its gradient.
     pub fn update(&mut self, path: &str, flat: &Flat, grad: Tensor<1>, lr: f64) -> Tensor<1> {
-        let c = self.config;
-        let p = flat.value.clone();
-        let decays = self.decays(path, flat);
-        let key = |buf: &str| format!("{path}/{buf}");
-        match c.kind {
-            OptimizerKind::Sgd => {
-                // torch.optim.SGD: d = g + wd·p; buf = μ·buf + d (buf = d at first);
-                // step = d + μ·buf (Nesterov) or buf.
-                let d = if decays { grad + p.clone().mul_scalar(c.weight_decay) } else { grad };
-                let step = if c.momentum > 0.0 {
-                    let buf = match self.state.remove(&key("momentum_buffer")) {
-                        Some(buf) => buf.mul_scalar(c.momentum) + d.clone(),
-                        None => d.clone(),
-                    };
-                    self.state.insert(key("momentum_buffer"), buf.clone());
-                    if c.nesterov {
-                        d + buf.mul_scalar(c.momentum)
-                    } else {
-                        buf
-                    }
-                } else {
-                    d
-                };
-                p - step.mul_scalar(lr)
-            }
-            OptimizerKind::Rmsproptf => {
-                // timm RMSpropTF: ms starts at 1; ms = α·ms + (1-α)·g²;
-                // buf = μ·buf + lr·g / sqrt(ms + eps); p -= buf.
-                let g = if decays { grad + p.clone().mul_scalar(c.weight_decay) } else { grad };
-                let ms = self.state.remove(&key("square_avg")).unwrap_or_else(|| p.ones_like());
-                let ms = ms.mul_scalar(c.alpha) + g.clone().powi_scalar(2).mul_scalar(1.0 - c.alpha);
-                let step = g.div(ms.clone().add_scalar(c.eps).sqrt()).mul_scalar(lr);
-                self.state.insert(key("square_avg"), ms);
-                let step = if c.momentum > 0.0 {
-                    let buf = match self.state.remove(&key("momentum_buffer")) {
-                        Some(buf) => buf.mul_scalar(c.momentum) + step,
-                        None => step,
-                    };
-                    self.state.insert(key("momentum_buffer"), buf.clone());
-                    buf
-                } else {
-                    step
-                };
-                p - step
-            }
-            OptimizerKind::Adamw => {
-                // torch.optim.AdamW: p -= lr·wd·p; m, v moments with bias correction.
-                let p = if decays { p.clone() - p.mul_scalar(lr * c.weight_decay) } else { p };
-                let m = match self.state.remove(&key("exp_avg")) {
-                    Some(m) => m.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1),
-                    None => grad.clone().mul_scalar(1.0 - c.beta1),
-                };
-                let v = match self.state.remove(&key("exp_avg_sq")) {
-                    Some(v) => v.mul_scalar(c.alpha) + grad.powi_scalar(2).mul_scalar(1.0 - c.alpha),
-                    None => grad.powi_scalar(2).mul_scalar(1.0 - c.alpha),
-                };
-                let t = self.steps as i32;
-                let bc1 = 1.0 - c.beta1.powi(t);
-                let bc2 = 1.0 - c.alpha.powi(t);
-                let denom = v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps);
-                let step = m.clone().div(denom).mul_scalar(lr / bc1);
-                self.state.insert(key("exp_avg"), m);
-                self.state.insert(key("exp_avg_sq"), v);
-                p - step
-            }
-        }
-    }
-
-    /// The state as named host tensors (for checkpoints).
-    pub fn state_tensors(&self) -> Vec<(String, HostTensor)> {
-        self.state.iter().map(|(k, v)| (k.clone(), HostTensor::from_tensor(v.clone()))).collect()
+        self.update_vector(path, flat.value.clone(), flat.dims.len(), grad, lr)
     }
 
     /// Restores state saved by [`Optimizer::state_tensors`].

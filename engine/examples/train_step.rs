@@ -61,6 +61,7 @@ fn main() {
         trainer.start_profile();
         for _ in 0..3 {
             trainer.step(&images, &labels).expect("step");
+            trainer.sgd(0.01);
         }
         let mut prof = trainer.take_profile();
         let total: f64 = prof.iter().map(|p| p.seconds).sum();

@@ -76,6 +76,7 @@ use forward::{Ctx, REDUCE_CHUNKS};
 use lanes::Ptr;
 use network::{ConvKind, HeadNode, Node};
 use params::{ParamKind, ParamStore};
+use rayon::prelude::*;
 use rng::Rng;
 
 /// One layer's accumulated time while profiling ([`Trainer::start_profile`]): a conv with its
@@ -354,12 +355,10 @@ impl Trainer {
     /// Lets an optimizer change every trained parameter: `f(key, values, gradient)`.
     pub fn update(&mut self, mut f: impl FnMut(&str, &mut [f32], &[f32])) {
         for id in 0..self.params.entries().len() {
-            if self.params.entries()[id].kind != ParamKind::Weight {
-                continue;
+            let (entry, v, g) = self.params.value_and_grad_mut(id);
+            if entry.kind == ParamKind::Weight {
+                f(&entry.key, v, g);
             }
-            let key = self.params.entries()[id].key.clone();
-            let (v, g) = self.params.value_and_grad_mut(id);
-            f(&key, v, g);
         }
         self.dirty = true;
     }
@@ -438,10 +437,12 @@ impl Trainer {
         if !self.dirty {
             return;
         }
+        let start = std::time::Instant::now();
         let params = &self.params;
         let lanes = self.isa.lanes();
-        for node in &mut self.nodes {
-            match node {
+        let nodes = &mut self.nodes;
+        self.pool.install(|| {
+            nodes.par_iter_mut().for_each(|node| match node {
                 Node::Conv(c) => {
                     let w = params.value(c.weight);
                     if let Some(d) = c.dense.as_mut() {
@@ -461,8 +462,8 @@ impl Trainer {
                         fc.pack(params.value(fc.weight), b, lanes);
                     }
                 }
-            }
-        }
+            })
+        });
         for layer in &mut self.head {
             if let HeadNode::Linear(d) = layer {
                 let b = d.bias.map(|b| params.value(b));
@@ -470,6 +471,13 @@ impl Trainer {
             }
         }
         self.dirty = false;
+        if let Some(p) = self.profile.as_mut() {
+            let seconds = start.elapsed().as_secs_f64();
+            match p.iter_mut().find(|e| e.kind == "sync") {
+                Some(e) => e.seconds += seconds,
+                None => p.push(LayerTime { key: "repack weights".into(), kind: "sync", phase: "forward", seconds }),
+            }
+        }
     }
 
     /// Forward (and with labels: loss and backward). Returns the loss (0 without labels).

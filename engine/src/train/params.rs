@@ -72,10 +72,10 @@ impl ParamStore {
         &mut self.grads[e.offset..e.offset + e.len]
     }
 
-    /// Values and gradient of one parameter, the value mutable (for optimizers).
-    pub fn value_and_grad_mut(&mut self, id: usize) -> (&mut [f32], &[f32]) {
+    /// The entry, values and gradient of one parameter, the values mutable (for optimizers).
+    pub fn value_and_grad_mut(&mut self, id: usize) -> (&ParamEntry, &mut [f32], &[f32]) {
         let e = &self.entries[id];
-        (&mut self.values[e.offset..e.offset + e.len], &self.grads[e.offset..e.offset + e.len])
+        (e, &mut self.values[e.offset..e.offset + e.len], &self.grads[e.offset..e.offset + e.len])
     }
 
     /// Copies `data` into the tensor `key`, checking its length (and shape, if given).

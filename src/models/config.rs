@@ -7,15 +7,6 @@ use crate::error::Result;
 use crate::models::blocks::NormConfig;
 pub use mobilenet_engine::arch::{Activation, Arch, ModelSpec, Plan, MIN_INPUT_SIZE};
 
-/// BatchNorm momentum as torchvision sets it: PyTorch's 0.1 for V1/V2, TensorFlow's 0.01 for V3
-/// (eps, which the layers need at inference too, is [`Arch::default_norm_eps`]).
-pub fn default_norm_momentum(arch: Arch) -> f64 {
-    match arch {
-        Arch::V1 | Arch::V2 => 0.1,
-        Arch::V3Large | Arch::V3Small => 0.01,
-    }
-}
-
 /// Everything needed to build a model; saved as weight-file metadata (`mobilenet.config`, the
 /// spec's fields flattened beside these) so a file loads without repeating the flags.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -32,7 +23,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// torchvision's defaults for `arch`: 1000 classes, width 1.0, dropout 0.2.
     pub fn new(arch: Arch) -> Self {
-        Self { spec: ModelSpec::new(arch), dropout: 0.2, norm_momentum: default_norm_momentum(arch) }
+        Self { spec: ModelSpec::new(arch), dropout: 0.2, norm_momentum: arch.default_norm_momentum() }
     }
 
     pub fn arch(&self) -> Arch {

@@ -20,7 +20,7 @@ pub mod v1;
 pub mod v2;
 pub mod v3;
 
-pub use config::{default_norm_momentum, Activation, Arch, ModelConfig, ModelSpec, Plan, MIN_INPUT_SIZE};
+pub use config::{Activation, Arch, ModelConfig, ModelSpec, Plan, MIN_INPUT_SIZE};
 pub use mobilenet::MobileNet;
 pub use v1::MobileNetV1;
 pub use v2::MobileNetV2;

@@ -56,6 +56,16 @@ impl Arch {
             Arch::V3Large | Arch::V3Small => 1e-3,
         }
     }
+
+    /// BatchNorm momentum (the weight of a new batch in the running statistics, torch's
+    /// convention): PyTorch's 0.1 for V1/V2, TensorFlow's 0.01 for V3 (as torchvision), which is
+    /// what makes V3's running statistics lag (docs/batchnorm-lag.md).
+    pub fn default_norm_momentum(&self) -> f64 {
+        match self {
+            Arch::V1 | Arch::V2 => 0.1,
+            Arch::V3Large | Arch::V3Small => 0.01,
+        }
+    }
 }
 
 impl std::fmt::Display for Arch {

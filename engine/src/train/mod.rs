@@ -134,10 +134,7 @@ impl TrainConfig {
     /// torchvision's settings for `arch`: BatchNorm momentum 0.1 (V1, V2) or 0.01 (V3),
     /// dropout 0.2, no label smoothing; one thread.
     pub fn new(arch: Arch, batch: usize, height: usize, width: usize) -> TrainConfig {
-        let bn_momentum = match arch {
-            Arch::V1 | Arch::V2 => 0.1,
-            Arch::V3Large | Arch::V3Small => 0.01,
-        };
+        let bn_momentum = arch.default_norm_momentum();
         TrainConfig {
             batch,
             height,

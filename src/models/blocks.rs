@@ -320,21 +320,31 @@ impl InvertedResidualV2 {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let layers = &self.conv;
-        let mut y = x.clone();
-        if let Some(expand) = &layers.expand {
-            y = expand.forward(y);
-        }
-        let y = layers.depthwise.forward(y);
-        let y = layers.project_norm.forward(layers.project.forward(y));
-        if self.use_res_connect {
-            x + y
-        } else {
-            y
-        }
+        with_residual(x, self.use_res_connect, |x| {
+            let y = layers.depthwise.forward(maybe(&layers.expand, x));
+            layers.project_norm.forward(layers.project.forward(y))
+        })
     }
 
     pub fn out_channels(&self) -> usize {
         self.conv.project_norm.num_features()
+    }
+}
+
+/// `block(x)`, plus `x` when the block adds its input (torchvision's `use_res_connect`).
+fn with_residual(x: Tensor<4>, adds_input: bool, block: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Tensor<4> {
+    if adds_input {
+        x.clone() + block(x)
+    } else {
+        block(x)
+    }
+}
+
+/// An optional layer (an inverted residual's expand conv): absent, it passes `x` through.
+fn maybe(layer: &Option<Conv2dNormActivation>, x: Tensor<4>) -> Tensor<4> {
+    match layer {
+        Some(layer) => layer.forward(x),
+        None => x,
     }
 }
 
@@ -414,20 +424,14 @@ impl InvertedResidualV3 {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let layers = &self.block;
-        let mut y = x.clone();
-        if let Some(expand) = &layers.expand {
-            y = expand.forward(y);
-        }
-        y = layers.depthwise.forward(y);
-        if let Some(se) = &layers.se {
-            y = se.forward(y);
-        }
-        let y = layers.project.forward(y);
-        if self.use_res_connect {
-            x + y
-        } else {
-            y
-        }
+        with_residual(x, self.use_res_connect, |x| {
+            let y = layers.depthwise.forward(maybe(&layers.expand, x));
+            let y = match &layers.se {
+                Some(se) => se.forward(y),
+                None => y,
+            };
+            layers.project.forward(y)
+        })
     }
 
     pub fn out_channels(&self) -> usize {

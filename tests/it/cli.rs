@@ -29,21 +29,11 @@ fn infer_matches_torchvision_on_real_pth() {
     let out = dir.join("logits.safetensors");
     for weights in ["tiny_v3_small.pth", "tiny_v3_small_legacy.pth", "tiny_v3_small.safetensors"] {
         let w = fixture(weights);
-        let (ok, _, err) = mobilenet(&[
-            "infer",
-            "--model",
-            "mobilenet_v3_small",
-            "--width-mult",
-            "0.25",
-            "--num-classes",
-            "5",
-            "--weights",
-            w.to_str().unwrap(),
-            "--input",
-            io.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        let (ok, _, err) =
+            mobilenet_line(&format!(
+            "infer --model mobilenet_v3_small --width-mult 0.25 --num-classes 5 --weights {} --input {} --output {}",
+            w.display(), io.display(), out.display()
+        ));
         assert!(ok, "{weights}: {err}");
         let ours = read_tensor(&out, "logits").unwrap();
         let theirs = read_tensor(&io, "logits").unwrap();
@@ -93,19 +83,12 @@ fn infer_rejects_bad_input() {
     assert!(!ok && err.contains("dtype F64"), "{err}");
     // Weights for another width: shape mismatch names the key and both shapes.
     let io = fixture("tiny_v3_small_io.safetensors");
-    let (ok, _, err) = mobilenet(&[
-        "infer",
-        "--model",
-        "mobilenet_v3_small",
-        "--num-classes",
-        "5",
-        "--weights",
-        w.to_str().unwrap(),
-        "--input",
-        io.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = mobilenet_line(&format!(
+        "infer --model mobilenet_v3_small --num-classes 5 --weights {} --input {} --output {}",
+        w.display(),
+        io.display(),
+        out.display()
+    ));
     assert!(
         !ok && err
             .contains("features.0.0.weight: shape mismatch: the model has [16, 3, 3, 3], the file has [8, 3, 3, 3]"),

@@ -73,3 +73,9 @@ pub fn mobilenet(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilenet")).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
+
+/// [`mobilenet`] with the command line as one string, split on white space (the tests' paths
+/// have none).
+pub fn mobilenet_line(line: &str) -> (bool, String, String) {
+    mobilenet(&line.split_whitespace().collect::<Vec<_>>())
+}

@@ -152,15 +152,11 @@ fn pretrained_import_then_predict_with_no_flags() {
     let Some(weights_path) = pretrained() else { return };
     let dir = temp_dir("predict-import");
     let ours = dir.join("mobilenet_v2_imagenet.safetensors");
-    let (ok, _, err) = mobilenet(&[
-        "import",
-        "--model",
-        "mobilenet_v2",
-        "--from",
-        weights_path.to_str().unwrap(),
-        "--output",
-        ours.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = mobilenet_line(&format!(
+        "import --model mobilenet_v2 --from {} --output {}",
+        weights_path.display(),
+        ours.display()
+    ));
     assert!(ok, "{err}");
     assert_eq!(Preprocess::from_metadata(&ours).unwrap(), Some(Preprocess::default()));
     assert_eq!(weights::read_config(&ours).unwrap(), Some(ModelConfig::new(Arch::V2)));
@@ -289,27 +285,10 @@ fn import_records_preprocessing_that_predict_uses_and_flags_override() {
     let dir = temp_dir("predict-meta");
     let w = fixture("tiny_v3_small.safetensors");
     let ours = dir.join("tiny.safetensors");
-    let (ok, _, err) = mobilenet(&[
-        "import",
-        "--model",
-        "v3_small",
-        "--width-mult",
-        "0.25",
-        "--num-classes",
-        "5",
-        "--from",
-        w.to_str().unwrap(),
-        "--output",
-        ours.to_str().unwrap(),
-        "--resize-size",
-        "160",
-        "--crop-size",
-        "128",
-        "--mean",
-        "0.5,0.5,0.5",
-        "--std",
-        "0.25,0.25,0.25",
-    ]);
+    let (ok, _, err) = mobilenet_line(&format!(
+        "import --model v3_small --width-mult 0.25 --num-classes 5 --from {} --output {} --resize-size 160 --crop-size 128 --mean 0.5,0.5,0.5 --std 0.25,0.25,0.25",
+        w.display(), ours.display()
+    ));
     assert!(ok, "{err}");
     let stored = Preprocess::from_metadata(&ours).unwrap().unwrap();
     assert_eq!(stored, Preprocess { resize_size: 160, crop_size: 128, mean: [0.5; 3], std: [0.25; 3] });
@@ -328,15 +307,8 @@ fn import_records_preprocessing_that_predict_uses_and_flags_override() {
     assert!(ok, "{err}");
     assert!(err.contains("resize 160, crop 128, mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25]"), "{err}");
     assert!(err.contains("decode") && err.contains("forward"), "--verbose reports timings: {err}");
-    let (ok, _, err) = mobilenet(&[
-        "predict",
-        "--weights",
-        ours.to_str().unwrap(),
-        "--verbose",
-        "--crop-size",
-        "96",
-        chelsea.to_str().unwrap(),
-    ]);
+    let (ok, _, err) =
+        mobilenet_line(&format!("predict --weights {} --verbose --crop-size 96 {}", ours.display(), chelsea.display()));
     assert!(ok, "{err}");
     assert!(err.contains("resize 160, crop 96,"), "{err}");
     // Nonsense preprocessing is refused before any image is read.

@@ -258,29 +258,14 @@ fn fine_tune_from_torchvision_weights_with_frozen_backbone() {
     let run = dir.join("run");
     // tiny_v3_small.pth is a torchvision state dict with 5 classes; the data has 10.
     let init = fixture("tiny_v3_small.pth");
-    let args: Vec<String> = [
-        "train",
-        "--data",
-        data_dir.to_str().unwrap(),
-        "--output",
-        run.to_str().unwrap(),
-        "--model",
-        "v3_small",
-        "--width-mult",
-        "0.25",
-        "--batch-size",
-        "32",
-        "--epochs",
-        "1",
-        "--init",
-        init.to_str().unwrap(),
-        "--freeze-backbone",
-        "--freeze-bn",
-        "--lr",
-        "0.05",
-    ]
-    .map(String::from)
-    .to_vec();
+    let line = format!(
+        "train --data {} --output {} --model v3_small --width-mult 0.25 --batch-size 32 --epochs 1 --init {} \
+         --freeze-backbone --freeze-bn --lr 0.05",
+        data_dir.display(),
+        run.display(),
+        init.display()
+    );
+    let args: Vec<String> = line.split_whitespace().map(String::from).collect();
     run_ok(&args);
     let after = read_tensors(&run.join("last.safetensors")).unwrap();
     assert_eq!(after["classifier.3.weight"].shape, vec![10, 1024 / 4]);

@@ -106,3 +106,20 @@ fn infer_rejects_bad_input() {
     let (ok, _, err) = run(&io, &[junk.to_str().unwrap()]);
     assert!(!ok && err.contains("junk.bin") && err.contains("not a weight file"), "{err}");
 }
+
+#[test]
+fn bench_train_prints_the_figures_scripts_read() {
+    for backend in ["engine", "burn"] {
+        let (ok, out, err) = mobilenet_line(&format!(
+            "bench-train --model v3_small --width-mult 0.25 --batch 4 --image-size 32 --threads 1 --seconds 0 --backend {backend}"
+        ));
+        assert!(ok, "{backend}: {err}");
+        let last: Vec<&str> = out.lines().rev().take(4).collect();
+        assert!(last.iter().any(|l| l.starts_with("median_ms: ")), "{backend}: {out}");
+        assert!(last.iter().any(|l| l.starts_with("images_per_s: ")), "{backend}: {out}");
+    }
+    let (ok, _, err) = mobilenet_line("bench-train --batch 4");
+    assert!(!ok && err.contains("--model"), "{err}");
+    let (ok, _, err) = mobilenet_line("bench-train --model v2 --batch 1");
+    assert!(!ok && err.contains("--batch must be at least 2"), "{err}");
+}

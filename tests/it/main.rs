@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod cpu_trainer;
 mod engine;
 mod optim;
 mod parity;

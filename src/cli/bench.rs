@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 use crate::cli::args::ModelArgs;
 use crate::inference::backend::{Backend, Runner};
@@ -14,6 +14,7 @@ use crate::io::weights;
 use crate::models::{MobileNet, ModelConfig};
 use crate::training::evaluate::cross_entropy;
 use crate::training::optim::{HostVector, Optimizer, OptimizerConfig, OptimizerKind};
+use crate::training::TrainBackend;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -84,16 +85,6 @@ pub(super) fn bench(args: BenchArgs, device: &Device) -> anyhow::Result<()> {
     );
     println!("{}", result.report());
     Ok(())
-}
-
-/// Which implementation trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum TrainBackend {
-    /// The hand-written CPU trainer (mobilenet-engine, NHWC, no burn).
-    #[default]
-    Engine,
-    /// burn's autodiff on its CPU backend.
-    Burn,
 }
 
 #[derive(Args, Debug)]

@@ -16,7 +16,7 @@ use crate::models::{Arch, ModelConfig};
 use crate::training::evaluate::{evaluate_with, recalibrate_bn, EvalResult};
 use crate::training::optim::{OptimizerConfig, OptimizerKind};
 use crate::training::schedule::{Schedule, ScheduleKind};
-use crate::training::{self, metrics, TrainConfig};
+use crate::training::{self, metrics, TrainBackend, TrainConfig};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -110,6 +110,10 @@ pub struct TrainArgs {
     /// Recompute BN statistics over N training batches before every evaluation.
     #[arg(long, default_value_t = 0)]
     pub recalibrate_bn: usize,
+    /// Who computes the steps: burn (on --device), or the hand-written CPU trainer (engine; CPU
+    /// only, several times faster; no --ema-decay or --freeze-bn yet).
+    #[arg(long = "train-backend", value_enum, default_value_t = TrainBackend::Burn)]
+    pub train_backend: TrainBackend,
 }
 
 #[derive(Args, Debug)]
@@ -207,6 +211,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.epochs == 0 || args.batch_size < 2 {
         bail!("--epochs must be at least 1 and --batch-size at least 2");
     }
+    if args.train_backend == TrainBackend::Engine && !matches!(args.device.device.as_str(), "cpu" | "flex") {
+        bail!("--train-backend engine runs on the CPU; use --train-backend burn with --device {}", args.device.device);
+    }
     let config = TrainConfig {
         model,
         data: args.data.data.clone(),
@@ -233,6 +240,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         freeze_backbone: args.freeze_backbone,
         freeze_bn: args.freeze_bn,
         recalibrate_bn: args.recalibrate_bn,
+        backend: args.train_backend,
     };
     if config.output.join("last.ckpt").exists() {
         bail!(

@@ -34,4 +34,18 @@ pub struct TrainConfig {
     pub freeze_bn: bool,
     /// Recalibrate BN statistics over this many training batches before each evaluation.
     pub recalibrate_bn: usize,
+    /// Which implementation computes the steps (runs written before this setting used burn).
+    #[serde(default)]
+    pub backend: TrainBackend,
+}
+
+/// Which implementation computes the training steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainBackend {
+    /// burn's autodiff on `--device` (the CPU's flex backend, or a GPU).
+    #[default]
+    Burn,
+    /// The hand-written CPU trainer (mobilenet-engine: NHWC, SIMD, no burn).
+    Engine,
 }

@@ -3,6 +3,7 @@
 //! - [`config`]: [`TrainConfig`], what defines a run (stored in every checkpoint).
 //! - [`metrics`]: per-epoch metrics and `metrics.csv`.
 //! - [`trainer`]: the loop, started fresh or resumed ([`trainer::Start`]).
+//! - [`cpu`]: the loop's steps on the CPU trainer (`--backend engine`) instead of burn.
 //! - [`checkpoint`]: atomic checkpoints (weights, optimizer state, EMA, progress).
 //! - [`optim`]: SGD-Nesterov, RMSProp-TF, AdamW, weight-decay exclusions, clipping.
 //! - [`schedule`]: learning-rate schedules with warmup.
@@ -12,6 +13,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod curves;
 pub mod evaluate;
 pub mod metrics;
@@ -20,5 +22,5 @@ pub mod optim;
 pub mod schedule;
 pub mod trainer;
 
-pub use config::TrainConfig;
+pub use config::{TrainBackend, TrainConfig};
 pub use trainer::{run, Start};

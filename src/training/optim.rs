@@ -334,3 +334,11 @@ impl Optimizer<Tensor<1>> {
         Ok(())
     }
 }
+
+impl Optimizer<HostVector> {
+    /// Restores state saved by [`Optimizer::state_tensors`] (by either path) into host vectors.
+    pub fn load_host_state(&mut self, steps: u64, tensors: impl IntoIterator<Item = (String, HostTensor)>) {
+        self.steps = steps;
+        self.state = tensors.into_iter().map(|(k, t)| (k, HostVector(t.data))).collect();
+    }
+}

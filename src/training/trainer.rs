@@ -18,7 +18,8 @@ use crate::error::{Error, Result};
 use crate::io::{params, weights};
 use crate::models::MobileNet;
 use crate::training::checkpoint::{self, Progress};
-use crate::training::config::TrainConfig;
+use crate::training::config::{TrainBackend, TrainConfig};
+use crate::training::cpu::CpuSteps;
 use crate::training::curves;
 use crate::training::evaluate::{cross_entropy, evaluate, recalibrate_bn, train_eval_gap, EvalResult};
 use crate::training::metrics::{read_metrics, write_metrics, EpochMetrics};
@@ -230,10 +231,22 @@ pub fn run(start: Start, device: &Device) -> Result<Outcome> {
     }
     announce(&state, &data);
     let plain = device.clone().without_autodiff();
+    // The CPU trainer holds the weights during epochs on the engine path.
+    let mut cpu = match state.config.backend {
+        TrainBackend::Burn => None,
+        TrainBackend::Engine => Some(CpuSteps::new(&state.config, &state.model, &state.optimizer)?),
+    };
     for epoch in state.progress.epochs_done..state.config.epochs {
         let started = Instant::now();
         let training;
-        (state, training) = train_epoch(state, &data, epoch, &trainable, device)?;
+        (state, training) = match cpu.as_mut() {
+            None => train_epoch(state, &data, epoch, &trainable, device)?,
+            Some(cpu) => {
+                let (mut state, training) = train_epoch_cpu(state, &data, epoch, &trainable, cpu)?;
+                state.model = cpu.write_back(state.model, &mut state.optimizer, &plain)?;
+                (state, training)
+            }
+        };
         let eval_model = evaluation_model(&state, &data, &plain)?;
         let row = evaluate_epoch(&state, &data, &eval_model, epoch, &training, started, &plain)?;
         report_epoch(&state.config, &row);
@@ -329,6 +342,65 @@ fn train_epoch(
         bar.inc(1);
     }
     state.model = model;
+    bar.finish_and_clear();
+    t.seconds = start.elapsed().as_secs_f64();
+    if t.seen == 0 {
+        return Err(Error::InvalidConfig("the training split gave no batch of at least two images".into()));
+    }
+    Ok((state, t))
+}
+
+/// [`train_epoch`] with the steps on the CPU trainer (`--train-backend engine`): the same data
+/// order, schedule, progress bar and non-finite-loss stop.
+fn train_epoch_cpu(
+    state: RunState,
+    data: &RunData,
+    epoch: usize,
+    trainable: &dyn Fn(&str) -> bool,
+    cpu: &mut CpuSteps,
+) -> Result<(RunState, EpochTraining)> {
+    let config = &state.config;
+    let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
+    cpu.start_epoch(config.seed, epoch);
+    let order = loader::epoch_order(data.train.len(), config.seed, epoch);
+    let mode = Mode::Train { seed: config.seed, epoch };
+    let rx = loader::spawn(data.train.clone(), config.augment, order, config.batch_size, mode);
+    let bar = progress_bar(steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, config.epochs));
+    let start = Instant::now();
+    let mut t = EpochTraining {
+        loss_sum: 0.0,
+        correct: 0,
+        seen: 0,
+        lr: config.schedule.lr(epoch as f64),
+        probe_batch: None,
+        seconds: 0.0,
+    };
+    for (i, batch) in rx.into_iter().enumerate() {
+        let batch = batch?;
+        if batch.len() < 2 {
+            continue; // BatchNorm needs more than one value per channel.
+        }
+        t.lr = config.schedule.lr(epoch as f64 + i as f64 / steps_per_epoch as f64);
+        let (loss, hits) = cpu.step(&batch, t.lr, trainable)?;
+        if !loss.is_finite() {
+            bar.abandon();
+            return Err(Error::NonFiniteLoss {
+                epoch: epoch + 1,
+                batch: i + 1,
+                checkpoint: config.output.join("last.ckpt"),
+            });
+        }
+        t.loss_sum += loss * batch.len() as f64;
+        t.correct += hits;
+        t.seen += batch.len();
+        if t.probe_batch.is_none() {
+            t.probe_batch = Some(batch);
+        }
+        let rate = t.seen as f64 / start.elapsed().as_secs_f64();
+        let (loss, acc) = (t.loss_sum / t.seen as f64, 100.0 * t.correct as f64 / t.seen as f64);
+        bar.set_message(format!("loss {loss:.4} acc {acc:.2}% {rate:.0} img/s lr {:.4}", t.lr));
+        bar.inc(1);
+    }
     bar.finish_and_clear();
     t.seconds = start.elapsed().as_secs_f64();
     if t.seen == 0 {

@@ -333,3 +333,51 @@ fn cifar_binary_batches_load() {
     let err = data::load(&dir).unwrap_err().to_string();
     assert!(err.contains("test_batch.bin") && err.contains("CIFAR records"), "{err}");
 }
+
+#[test]
+fn engine_backend_resumes_exactly_after_kill() {
+    let dir = temp_dir("resume-engine");
+    let data_dir = dir.join("data");
+    small_idx(&data_dir, 4800, 64);
+    let args = |out: &Path| -> Vec<String> {
+        let mut args = train_args(&data_dir, out, 3);
+        // The engine path has no EMA yet: drop TINY's `--ema-decay 0.9`.
+        let ema = args.iter().position(|a| a == "--ema-decay").unwrap();
+        args.drain(ema..ema + 2);
+        args.extend(["--train-backend".to_string(), "engine".to_string(), "--dropout".into(), "0.2".into()]);
+        args
+    };
+    // What the engine path does not do yet is refused, not ignored.
+    let mut with_ema = args(&dir.join("ema"));
+    with_ema.extend(["--ema-decay".to_string(), "0.9".to_string()]);
+    let out = bin().args(&with_ema).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--ema-decay"), "{err}");
+
+    let straight = dir.join("straight");
+    let log = run_ok(&args(&straight));
+    assert!(log.contains("test top-1:"), "{log}");
+
+    let killed = dir.join("killed");
+    let mut child = bin().args(args(&killed)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while checkpoint_epochs(&killed.join("last.ckpt")) != Some(1) {
+        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint after epoch 1");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100)); // into epoch 2
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(checkpoint_epochs(&killed.join("last.ckpt")), Some(1), "the kill came after epoch 2 ended");
+    let log = run_ok(&["train".into(), "--resume".into(), killed.to_str().unwrap().into()]);
+    assert!(log.contains("resuming after epoch 1 of 3"), "{log}");
+
+    let a = read_tensors(&straight.join("last.safetensors")).unwrap();
+    let b = read_tensors(&killed.join("last.safetensors")).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (key, ta) in &a {
+        let diff = max_abs_diff(&ta.data, &b[key].data);
+        assert!(diff == 0.0, "{key}: the resumed engine run differs by {diff}");
+    }
+}

@@ -314,6 +314,12 @@ impl Trainer {
         self.dirty = true;
     }
 
+    /// Restarts the dropout masks' generator from `seed` (a training loop reseeds it every epoch
+    /// from (seed, epoch), so that a resumed run draws the same masks).
+    pub fn reseed_dropout(&mut self, seed: u64) {
+        self.rng = Rng::new(seed ^ 0xD809_0F7E);
+    }
+
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

@@ -81,10 +81,14 @@ impl CpuSteps {
     }
 
     /// One step: forward, loss, backward, gradient clipping, and the update of every trainable
-    /// tensor. Returns the loss and the number of correct top-1 predictions.
+    /// tensor. Returns the loss and the number of correct top-1 predictions (a non-finite loss
+    /// alone, with no update).
     pub fn step(&mut self, batch: &Batch, lr: f64, trainable: &dyn Fn(&str) -> bool) -> Result<(f64, usize)> {
         let labels: Vec<usize> = batch.labels.iter().map(|&l| l as usize).collect();
         let loss = self.trainer.step(&batch.images, &labels)? as f64;
+        if !loss.is_finite() {
+            return Ok((loss, 0)); // the loop stops; nothing is updated
+        }
         let classes = self.trainer.plan().spec.num_classes;
         let hits = self
             .trainer

@@ -277,91 +277,17 @@ fn announce(state: &RunState, data: &RunData) {
     }
 }
 
-/// One epoch of optimizer steps, with a progress bar; stops on a non-finite loss.
-/// (Takes the state by value: the model moves through the optimizer, which updates tensors in
-/// place only when nothing else holds them.)
-fn train_epoch(
-    mut state: RunState,
+/// One epoch of steps with a progress bar: the batches in the epoch's order, the schedule's
+/// learning rate, and a stop on a non-finite loss (before that batch's update).
+/// `step(batch, lr)` trains on one batch and returns its loss and correct top-1 predictions, or
+/// the non-finite loss alone (then nothing was updated).
+fn epoch_steps(
+    config: &TrainConfig,
     data: &RunData,
     epoch: usize,
-    trainable: &dyn Fn(&str) -> bool,
-    device: &Device,
-) -> Result<(RunState, EpochTraining)> {
-    let config = &state.config;
+    mut step: impl FnMut(&Batch, f64) -> Result<(f64, usize)>,
+) -> Result<EpochTraining> {
     let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
-    // Every source of randomness in the epoch derives from (seed, epoch): resume is exact.
-    device.seed(config.seed.wrapping_add(epoch as u64));
-    let order = loader::epoch_order(data.train.len(), config.seed, epoch);
-    let mode = Mode::Train { seed: config.seed, epoch };
-    let rx = loader::spawn(data.train.clone(), config.augment, order, config.batch_size, mode);
-    let bar = progress_bar(steps_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, config.epochs));
-    let start = Instant::now();
-    let mut t = EpochTraining {
-        loss_sum: 0.0,
-        correct: 0,
-        seen: 0,
-        lr: config.schedule.lr(epoch as f64),
-        probe_batch: None,
-        seconds: 0.0,
-    };
-    let mut model = state.model;
-    for (i, batch) in rx.into_iter().enumerate() {
-        let batch = batch?;
-        if batch.len() < 2 {
-            continue; // BatchNorm needs more than one value per channel.
-        }
-        let (x, y) = batch.to_tensors(device);
-        let logits = model.forward(x);
-        let loss = cross_entropy(logits.clone(), y.clone(), config.label_smoothing);
-        let loss_value = loss.clone().into_scalar::<f32>() as f64;
-        if !loss_value.is_finite() {
-            bar.abandon();
-            return Err(Error::NonFiniteLoss {
-                epoch: epoch + 1,
-                batch: i + 1,
-                checkpoint: config.output.join("last.ckpt"),
-            });
-        }
-        let hits = logits.argmax(1).reshape([batch.len()]).equal(y).int().sum().into_scalar::<i64>() as usize;
-        let grads = loss.backward();
-        t.lr = config.schedule.lr(epoch as f64 + i as f64 / steps_per_epoch as f64);
-        let (next, _) = state.optimizer.step(model, &grads, t.lr, trainable);
-        model = next;
-        if let Some(ema) = state.ema.as_mut() {
-            ema.update(&model);
-        }
-        t.loss_sum += loss_value * batch.len() as f64;
-        t.correct += hits;
-        t.seen += batch.len();
-        if t.probe_batch.is_none() {
-            t.probe_batch = Some(batch);
-        }
-        let rate = t.seen as f64 / start.elapsed().as_secs_f64();
-        let (loss, acc) = (t.loss_sum / t.seen as f64, 100.0 * t.correct as f64 / t.seen as f64);
-        bar.set_message(format!("loss {loss:.4} acc {acc:.2}% {rate:.0} img/s lr {:.4}", t.lr));
-        bar.inc(1);
-    }
-    state.model = model;
-    bar.finish_and_clear();
-    t.seconds = start.elapsed().as_secs_f64();
-    if t.seen == 0 {
-        return Err(Error::InvalidConfig("the training split gave no batch of at least two images".into()));
-    }
-    Ok((state, t))
-}
-
-/// [`train_epoch`] with the steps on the CPU trainer (`--train-backend engine`): the same data
-/// order, schedule, progress bar and non-finite-loss stop.
-fn train_epoch_cpu(
-    state: RunState,
-    data: &RunData,
-    epoch: usize,
-    trainable: &dyn Fn(&str) -> bool,
-    cpu: &mut CpuSteps,
-) -> Result<(RunState, EpochTraining)> {
-    let config = &state.config;
-    let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
-    cpu.start_epoch(config.seed, epoch);
     let order = loader::epoch_order(data.train.len(), config.seed, epoch);
     let mode = Mode::Train { seed: config.seed, epoch };
     let rx = loader::spawn(data.train.clone(), config.augment, order, config.batch_size, mode);
@@ -380,8 +306,8 @@ fn train_epoch_cpu(
         if batch.len() < 2 {
             continue; // BatchNorm needs more than one value per channel.
         }
-        t.lr = config.schedule.lr(epoch as f64 + i as f64 / steps_per_epoch as f64);
-        let (loss, hits) = cpu.step(&batch, t.lr, trainable)?;
+        let lr = config.schedule.lr(epoch as f64 + i as f64 / steps_per_epoch as f64);
+        let (loss, hits) = step(&batch, lr)?;
         if !loss.is_finite() {
             bar.abandon();
             return Err(Error::NonFiniteLoss {
@@ -390,6 +316,7 @@ fn train_epoch_cpu(
                 checkpoint: config.output.join("last.ckpt"),
             });
         }
+        t.lr = lr;
         t.loss_sum += loss * batch.len() as f64;
         t.correct += hits;
         t.seen += batch.len();
@@ -406,6 +333,55 @@ fn train_epoch_cpu(
     if t.seen == 0 {
         return Err(Error::InvalidConfig("the training split gave no batch of at least two images".into()));
     }
+    Ok(t)
+}
+
+/// One epoch on burn. (Takes the state by value: the model moves through the optimizer, which
+/// updates tensors in place only when nothing else holds them.)
+fn train_epoch(
+    mut state: RunState,
+    data: &RunData,
+    epoch: usize,
+    trainable: &dyn Fn(&str) -> bool,
+    device: &Device,
+) -> Result<(RunState, EpochTraining)> {
+    // Every source of randomness in the epoch derives from (seed, epoch): resume is exact.
+    device.seed(state.config.seed.wrapping_add(epoch as u64));
+    let mut model = Some(state.model);
+    let (config, optimizer, ema) = (&state.config, &mut state.optimizer, &mut state.ema);
+    let t = epoch_steps(config, data, epoch, |batch, lr| {
+        let current = model.take().expect("the model between steps");
+        let (x, y) = batch.to_tensors(device);
+        let logits = current.forward(x);
+        let loss = cross_entropy(logits.clone(), y.clone(), config.label_smoothing);
+        let loss_value = loss.clone().into_scalar::<f32>() as f64;
+        if !loss_value.is_finite() {
+            model = Some(current);
+            return Ok((loss_value, 0));
+        }
+        let hits = logits.argmax(1).reshape([batch.len()]).equal(y).int().sum().into_scalar::<i64>() as usize;
+        let grads = loss.backward();
+        let (next, _) = optimizer.step(current, &grads, lr, trainable);
+        if let Some(ema) = ema.as_mut() {
+            ema.update(&next);
+        }
+        model = Some(next);
+        Ok((loss_value, hits))
+    })?;
+    state.model = model.expect("the model after the epoch");
+    Ok((state, t))
+}
+
+/// One epoch on the CPU trainer (`--train-backend engine`).
+fn train_epoch_cpu(
+    state: RunState,
+    data: &RunData,
+    epoch: usize,
+    trainable: &dyn Fn(&str) -> bool,
+    cpu: &mut CpuSteps,
+) -> Result<(RunState, EpochTraining)> {
+    cpu.start_epoch(state.config.seed, epoch);
+    let t = epoch_steps(&state.config, data, epoch, |batch, lr| cpu.step(batch, lr, trainable))?;
     Ok((state, t))
 }
 

@@ -110,10 +110,11 @@ pub struct TrainArgs {
     /// Recompute BN statistics over N training batches before every evaluation.
     #[arg(long, default_value_t = 0)]
     pub recalibrate_bn: usize,
-    /// Who computes the steps: burn (on --device), or the hand-written CPU trainer (engine; CPU
-    /// only, several times faster; no --ema-decay or --freeze-bn yet).
-    #[arg(long = "train-backend", value_enum, default_value_t = TrainBackend::Burn)]
-    pub train_backend: TrainBackend,
+    /// Who computes the steps: the hand-written CPU trainer (engine: CPU only, several times
+    /// faster, no --ema-decay or --freeze-bn yet) or burn (on --device) [default: engine on the
+    /// CPU when the run needs nothing it lacks, else burn].
+    #[arg(long = "train-backend", value_enum)]
+    pub train_backend: Option<TrainBackend>,
 }
 
 #[derive(Args, Debug)]
@@ -211,9 +212,18 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.epochs == 0 || args.batch_size < 2 {
         bail!("--epochs must be at least 1 and --batch-size at least 2");
     }
-    if args.train_backend == TrainBackend::Engine && !matches!(args.device.device.as_str(), "cpu" | "flex") {
-        bail!("--train-backend engine runs on the CPU; use --train-backend burn with --device {}", args.device.device);
-    }
+    let on_cpu = matches!(args.device.device.as_str(), "cpu" | "flex");
+    let backend = match args.train_backend {
+        Some(TrainBackend::Engine) if !on_cpu => {
+            bail!(
+                "--train-backend engine runs on the CPU; use --train-backend burn with --device {}",
+                args.device.device
+            )
+        }
+        Some(backend) => backend,
+        None if on_cpu && args.ema_decay.is_none() && !args.freeze_bn => TrainBackend::Engine,
+        None => TrainBackend::Burn,
+    };
     let config = TrainConfig {
         model,
         data: args.data.data.clone(),
@@ -240,7 +250,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         freeze_backbone: args.freeze_backbone,
         freeze_bn: args.freeze_bn,
         recalibrate_bn: args.recalibrate_bn,
-        backend: args.train_backend,
+        backend,
     };
     if config.output.join("last.ckpt").exists() {
         bail!(

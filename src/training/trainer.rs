@@ -261,7 +261,7 @@ pub fn run(start: Start, device: &Device) -> Result<Outcome> {
 fn announce(state: &RunState, data: &RunData) {
     let (config, spec) = (&state.config, &state.config.model.spec);
     eprintln!(
-        "training {} ({} classes, width {}) on {} ({} train / {} val images), {} epochs, batch {}, into {}",
+        "training {} ({} classes, width {}) on {} ({} train / {} val images), {} epochs, batch {}, steps on {}, into {}",
         spec.arch,
         spec.num_classes,
         spec.width_mult,
@@ -270,6 +270,10 @@ fn announce(state: &RunState, data: &RunData) {
         data.val.len(),
         config.epochs,
         config.batch_size,
+        match config.backend {
+            TrainBackend::Burn => "burn",
+            TrainBackend::Engine => "the CPU trainer",
+        },
         config.output.display()
     );
     if state.progress.epochs_done > 0 {

@@ -24,26 +24,7 @@ pub enum Backend {
 
 /// An engine holding `model`'s current weights and BatchNorm statistics (eval mode).
 pub fn from_model(model: &MobileNet, options: EngineOptions) -> Result<Engine> {
-    let plan = model.plan();
-    let mut tensors = std::collections::HashMap::new();
-    for (key, flat) in params::collect(model) {
-        let mut dims = flat.dims.clone();
-        let mut data: Vec<f32> = flat.value.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 parameters");
-        // burn's Linear weight is [in, out]; torch's (and the engine's) is [out, in].
-        if plan.is_linear_weight(&key) {
-            let (inp, out) = (dims[0], dims[1]);
-            let mut t = vec![0.0; data.len()];
-            for i in 0..inp {
-                for o in 0..out {
-                    t[o * inp + i] = data[i * out + o];
-                }
-            }
-            data = t;
-            dims = vec![out, inp];
-        }
-        tensors.insert(key, (dims, data));
-    }
-    Ok(Engine::from_tensors(&model.config().spec, tensors, options)?)
+    Ok(Engine::from_tensors(&model.config().spec, params::torch_layout(model), options)?)
 }
 
 /// Loads any weight file `weights::load` reads onto the engine.

@@ -149,3 +149,27 @@ pub fn parameter_paths<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
     }
     visit_keyed(module, Paths(Vec::new())).0
 }
+
+/// `[rows][cols]` → `[cols][rows]`: between burn's Linear layout `[in, out]` and torch's
+/// `[out, in]`.
+pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols).map(|j| data[(j % rows) * cols + j / rows]).collect()
+}
+
+/// Every tensor of `model` by torchvision key in torch's layout (Linear weights `[out, in]`):
+/// what the inference engine and the CPU trainer read.
+pub fn torch_layout(model: &crate::models::MobileNet) -> mobilenet_engine::NamedTensors {
+    let plan = model.plan();
+    collect(model)
+        .into_iter()
+        .map(|(key, flat)| {
+            let data: Vec<f32> = flat.value.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensors");
+            if plan.is_linear_weight(&key) {
+                let (inp, out) = (flat.dims[0], flat.dims[1]);
+                (key, (vec![out, inp], transpose(&data, inp, out)))
+            } else {
+                (key, (flat.dims, data))
+            }
+        })
+        .collect()
+}

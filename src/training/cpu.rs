@@ -12,7 +12,6 @@ use std::collections::HashMap;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use mobilenet_engine::train::{TrainConfig as EngineTrainConfig, Trainer};
-use mobilenet_engine::NamedTensors;
 
 use crate::data::loader::Batch;
 use crate::error::{Error, Result};
@@ -27,28 +26,6 @@ pub struct CpuSteps {
     optimizer: Optimizer<HostVector>,
     /// Each tensor's rank (weight decay skips vectors).
     ranks: HashMap<String, usize>,
-}
-
-/// `model`'s tensors in torch's layout (Linear weights `[out, in]`), as the trainer reads them.
-pub fn torch_layout(model: &MobileNet) -> NamedTensors {
-    let plan = model.plan();
-    params::collect(model)
-        .into_iter()
-        .map(|(key, flat)| {
-            let data: Vec<f32> = flat.value.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensors");
-            if plan.is_linear_weight(&key) {
-                let (inp, out) = (flat.dims[0], flat.dims[1]);
-                (key, (vec![out, inp], transpose(&data, inp, out)))
-            } else {
-                (key, (flat.dims, data))
-            }
-        })
-        .collect()
-}
-
-/// `[rows][cols]` → `[cols][rows]`.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..rows * cols).map(|j| data[(j % rows) * cols + j / rows]).collect()
 }
 
 impl CpuSteps {
@@ -68,7 +45,7 @@ impl CpuSteps {
             .with_label_smoothing(config.label_smoothing)
             .with_bn_momentum(config.model.norm_momentum)
             .with_seed(config.seed);
-        let trainer = Trainer::from_tensors(&config.model.spec, engine_config, &torch_layout(model))?;
+        let trainer = Trainer::from_tensors(&config.model.spec, engine_config, &params::torch_layout(model))?;
         let ranks = trainer.params().map(|(k, shape, _)| (k.to_string(), shape.len())).collect();
         let mut host = Optimizer::<HostVector>::new(optimizer.config);
         host.load_host_state(optimizer.steps, optimizer.state_tensors());
@@ -135,7 +112,7 @@ impl CpuSteps {
             let values = self.trainer.param(key)?;
             let values = if plan.is_linear_weight(key) {
                 let (inp, out) = (flat.dims[0], flat.dims[1]);
-                transpose(values, out, inp)
+                params::transpose(values, out, inp)
             } else {
                 values.to_vec()
             };

@@ -37,24 +37,6 @@ fn sgd() -> OptimizerConfig {
     config
 }
 
-/// `model`'s tensors in torch's layout (Linear weights `[out, in]`), as the trainer reads them.
-fn torch_layout(model: &MobileNet) -> NamedTensors {
-    let plan = model.plan();
-    params::collect(model)
-        .into_iter()
-        .map(|(key, flat)| {
-            let data: Vec<f32> = flat.value.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-            if plan.is_linear_weight(&key) {
-                let (inp, out) = (flat.dims[0], flat.dims[1]);
-                let t = (0..out * inp).map(|j| data[(j % inp) * out + j / inp]).collect();
-                (key, (vec![out, inp], t))
-            } else {
-                (key, (flat.dims, data))
-            }
-        })
-        .collect()
-}
-
 /// A trainer with `tensors`, stepped over `batches` with the crate's SGD: the loss of each step.
 fn engine_losses(
     config: &ModelConfig,
@@ -91,7 +73,7 @@ fn engine_and_burn_paths_give_the_same_loss_curve() {
     let device = Device::flex().autodiff();
     device.seed(3);
     let mut model = MobileNet::new(&config, &device).unwrap().train_mode();
-    let tensors = torch_layout(&model);
+    let tensors = params::torch_layout(&model);
     let (engine, _) = engine_losses(&config, &tensors, &batches, 2);
 
     let mut optimizer = Optimizer::new(sgd());
@@ -118,7 +100,7 @@ fn weights_after_five_steps_do_not_depend_on_threads() {
     let config = ModelConfig::new(Arch::V2).with_num_classes(10).with_width_mult(0.35).with_dropout(0.0);
     let device = Device::flex();
     device.seed(5);
-    let tensors = torch_layout(&MobileNet::new(&config, &device).unwrap());
+    let tensors = params::torch_layout(&MobileNet::new(&config, &device).unwrap());
     let runs: Vec<(Vec<f32>, Trainer)> =
         [1, 2, 3].iter().map(|&t| engine_losses(&config, &tensors, batches, t)).collect();
     let (base_losses, base) = &runs[0];

@@ -4,6 +4,7 @@
 //! each kernel's epilogue is compiled without a branch; the `match` here is resolved at compile
 //! time.
 
+use crate::arch::Activation;
 use crate::simd::Simd;
 
 /// Activation codes, a const generic so each epilogue is compiled without a branch.
@@ -12,6 +13,18 @@ pub const ACT_RELU: u8 = 1;
 pub const ACT_RELU6: u8 = 2;
 pub const ACT_HARDSWISH: u8 = 3;
 pub const ACT_HARDSIGMOID: u8 = 4;
+
+/// The code of `act` (the inference layers and the trainer's nodes carry `Activation` until a
+/// kernel is called).
+pub(crate) fn act_code(act: Option<Activation>) -> u8 {
+    match act {
+        None => ACT_NONE,
+        Some(Activation::Relu) => ACT_RELU,
+        Some(Activation::Relu6) => ACT_RELU6,
+        Some(Activation::Hardswish) => ACT_HARDSWISH,
+        Some(Activation::Hardsigmoid) => ACT_HARDSIGMOID,
+    }
+}
 
 #[inline(always)]
 pub(super) unsafe fn activate<S: Simd, const ACT: u8>(x: S::V) -> S::V {
@@ -43,4 +56,4 @@ macro_rules! with_act {
         }
     };
 }
-pub(super) use with_act;
+pub(crate) use with_act;

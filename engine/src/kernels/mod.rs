@@ -32,6 +32,7 @@ mod gemm;
 mod pooling;
 mod squeeze_excite;
 
+pub(crate) use activation::{act_code, with_act};
 pub use activation::{ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_NONE, ACT_RELU, ACT_RELU6};
 pub use depthwise::depthwise;
 pub use direct_conv::direct_conv;

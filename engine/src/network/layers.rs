@@ -3,24 +3,13 @@
 //! ([`Dense`]) shared by 1x1 convs and the classifier's Linears. Layers name the maps they read
 //! and write by index into [`super::Network`]'s maps ([`MapInfo`]); the buffers themselves live
 //! in a [`Workspace`]. Activations stay [`Activation`]s here and become the kernels' `u8` code
-//! only where a kernel job is built ([`act_code`]).
+//! only where a kernel job is built (`kernels::act_code`).
 
 use crate::arch::Activation;
 use crate::buffer::Buffer;
-use crate::kernels::{self, MapGeom};
+use crate::kernels::{self, act_code, MapGeom};
 
 use super::memory::Workspace;
-
-/// The kernels' activation code for `act` (`kernels::ACT_*`).
-fn act_code(act: Option<Activation>) -> u8 {
-    match act {
-        None => kernels::ACT_NONE,
-        Some(Activation::Relu) => kernels::ACT_RELU,
-        Some(Activation::Relu6) => kernels::ACT_RELU6,
-        Some(Activation::Hardswish) => kernels::ACT_HARDSWISH,
-        Some(Activation::Hardsigmoid) => kernels::ACT_HARDSIGMOID,
-    }
-}
 
 /// A feature map between layers: its real channel count and the zero border its consumers need.
 #[derive(Debug, Clone)]

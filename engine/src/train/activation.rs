@@ -10,23 +10,9 @@
 //! see `batch_norm.rs`), never the output.
 
 use super::lanes::TrainSimd;
-use crate::arch::Activation;
-
-pub const ACT_NONE: u8 = 0;
-pub const ACT_RELU: u8 = 1;
-pub const ACT_RELU6: u8 = 2;
-pub const ACT_HARDSWISH: u8 = 3;
-pub const ACT_HARDSIGMOID: u8 = 4;
-
-pub fn act_code(act: Option<Activation>) -> u8 {
-    match act {
-        None => ACT_NONE,
-        Some(Activation::Relu) => ACT_RELU,
-        Some(Activation::Relu6) => ACT_RELU6,
-        Some(Activation::Hardswish) => ACT_HARDSWISH,
-        Some(Activation::Hardsigmoid) => ACT_HARDSIGMOID,
-    }
-}
+/// The activation codes and their dispatch are the inference kernels' own.
+pub(crate) use crate::kernels::{act_code, with_act as with_train_act};
+pub use crate::kernels::{ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_NONE, ACT_RELU, ACT_RELU6};
 
 #[inline(always)]
 pub unsafe fn act_forward<S: TrainSimd, const ACT: u8>(x: S::V) -> S::V {
@@ -147,20 +133,6 @@ pub fn act_grad_f64(x: f64, act: u8) -> f64 {
         _ => 1.0,
     }
 }
-
-/// Turns a runtime activation code into the const-generic call.
-macro_rules! with_train_act {
-    ($act:expr, $f:ident::<$($g:tt),*>($($arg:expr),*)) => {
-        match $act {
-            $crate::train::activation::ACT_RELU => $f::<$($g,)* { $crate::train::activation::ACT_RELU }>($($arg),*),
-            $crate::train::activation::ACT_RELU6 => $f::<$($g,)* { $crate::train::activation::ACT_RELU6 }>($($arg),*),
-            $crate::train::activation::ACT_HARDSWISH => $f::<$($g,)* { $crate::train::activation::ACT_HARDSWISH }>($($arg),*),
-            $crate::train::activation::ACT_HARDSIGMOID => $f::<$($g,)* { $crate::train::activation::ACT_HARDSIGMOID }>($($arg),*),
-            _ => $f::<$($g,)* { $crate::train::activation::ACT_NONE }>($($arg),*),
-        }
-    };
-}
-pub(crate) use with_train_act;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::activation::{act_grad_scalar, ACT_HARDSIGMOID, ACT_RELU};
 use super::batch_norm::{bn_backward_apply, bn_backward_sums, BnBackward};
 use super::depthwise::{depthwise_input_grad, depthwise_weight_grad};
-use super::forward::{par_ranges, Ctx};
+use super::forward::{par_ranges, BnStats, Ctx};
 use super::lanes::Ptr;
 use super::network::{ConvKind, ConvNode, HeadNode, SeNode};
 use super::params::ParamStore;
@@ -66,8 +66,10 @@ pub fn bn_backward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, part
         params.grad_mut(bn.gamma)[ch] = dgamma as f32;
         let a = params.value(bn.gamma)[ch] as f64 * rstd;
         bn.a[ch] = a as f32;
-        bn.b[ch] = (-a * dbeta / m) as f32;
-        bn.cc[ch] = (-a * rstd * dgamma / m) as f32;
+        // With running statistics the mean and variance are constants: dz = γ·rstd·g.
+        let batch = matches!(ctx.bn, BnStats::Batch { .. });
+        bn.b[ch] = if batch { (-a * dbeta / m) as f32 } else { 0.0 };
+        bn.cc[ch] = if batch { (-a * rstd * dgamma / m) as f32 } else { 0.0 };
     }
     let k = BnBackward {
         scale: bn.scale.as_ptr(),

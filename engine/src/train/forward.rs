@@ -28,9 +28,20 @@ pub struct Ctx {
     /// Images in this batch.
     pub n: usize,
     pub chunks: usize,
-    pub train: bool,
-    pub momentum: f64,
+    /// Which statistics BatchNorm normalises with.
+    pub bn: BnStats,
     pub eps: f64,
+}
+
+/// The statistics BatchNorm normalises with in a pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BnStats {
+    /// The batch's (train mode); the running statistics move towards them by `momentum`
+    /// (torch's convention: the weight of the batch), or stay as they are with `None`.
+    Batch { momentum: Option<f64> },
+    /// The running statistics: eval mode, or frozen BatchNorm while training (`--freeze-bn`),
+    /// where BatchNorm is a fixed affine map in both directions.
+    Running,
 }
 
 impl Ctx {
@@ -82,7 +93,7 @@ pub fn conv_forward(ctx: &Ctx, node: &mut ConvNode, images: &[f32]) {
     }
 }
 
-/// BatchNorm (statistics, running-statistics update in train mode), activation, residual.
+/// BatchNorm (batch or running statistics, see [`BnStats`]), activation, residual.
 pub fn bn_forward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, partials: &mut [f64]) {
     let isa = ctx.isa;
     let cp = node.cout_p;
@@ -91,7 +102,7 @@ pub fn bn_forward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, parti
     let rows = ctx.n * per_image;
     let z = ctx.base.at(node.z.offset);
     let bn = &mut node.bn;
-    if ctx.train {
+    if let BnStats::Batch { momentum } = ctx.bn {
         bn.shift_row.copy_from_slice(unsafe { std::slice::from_raw_parts(z, cp) });
         let out = Ptr::new(partials.as_mut_ptr());
         let shift = Ptr::new(bn.shift_row.as_mut_ptr());
@@ -101,7 +112,6 @@ pub fn bn_forward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, parti
             unsafe { bn_sums(isa, zp.get(), cp, n0 * per_image, n1 * per_image, shift.get(), out.at(ch * 2 * cp)) };
         });
         let m = rows as f64;
-        let momentum = ctx.momentum;
         for ch in 0..c {
             let (mut s1, mut s2) = (0.0f64, 0.0f64);
             for part in 0..ctx.chunks {
@@ -111,11 +121,13 @@ pub fn bn_forward(ctx: &Ctx, node: &mut ConvNode, params: &mut ParamStore, parti
             let d = s1 / m;
             let mean = bn.shift_row[ch] as f64 + d;
             let var = (s2 / m - d * d).max(0.0);
-            let unbiased = if rows > 1 { var * m / (m - 1.0) } else { var };
-            let rm = &mut params.value_mut(bn.running_mean)[ch];
-            *rm = ((1.0 - momentum) * *rm as f64 + momentum * mean) as f32;
-            let rv = &mut params.value_mut(bn.running_var)[ch];
-            *rv = ((1.0 - momentum) * *rv as f64 + momentum * unbiased) as f32;
+            if let Some(momentum) = momentum {
+                let unbiased = if rows > 1 { var * m / (m - 1.0) } else { var };
+                let rm = &mut params.value_mut(bn.running_mean)[ch];
+                *rm = ((1.0 - momentum) * *rm as f64 + momentum * mean) as f32;
+                let rv = &mut params.value_mut(bn.running_var)[ch];
+                *rv = ((1.0 - momentum) * *rv as f64 + momentum * unbiased) as f32;
+            }
             let rstd = 1.0 / (var + ctx.eps).sqrt();
             bn.mean[ch] = mean as f32;
             bn.rstd[ch] = rstd as f32;

@@ -89,7 +89,7 @@ use crate::error::{EngineError, Result};
 use crate::network::NamedTensors;
 use crate::simd::Isa;
 use arena::{Arena, Buf};
-use forward::{Ctx, REDUCE_CHUNKS};
+use forward::{BnStats, Ctx, REDUCE_CHUNKS};
 use lanes::Ptr;
 use network::{ConvKind, HeadNode, Node};
 use params::{ParamKind, ParamStore};
@@ -128,6 +128,9 @@ pub struct TrainConfig {
     pub label_smoothing: f64,
     /// Seed of the initialisation and of the dropout masks.
     pub seed: u64,
+    /// BatchNorm frozen (`--freeze-bn`): steps normalise with the running statistics and leave
+    /// them unchanged, as torch does for a BatchNorm in eval mode inside a training model.
+    pub frozen_bn: bool,
 }
 
 impl TrainConfig {
@@ -145,6 +148,7 @@ impl TrainConfig {
             dropout: 0.2,
             label_smoothing: 0.0,
             seed: 0,
+            frozen_bn: false,
         }
     }
     pub fn with_threads(mut self, threads: usize) -> Self {
@@ -169,6 +173,10 @@ impl TrainConfig {
     }
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        self
+    }
+    pub fn with_frozen_bn(mut self, frozen: bool) -> Self {
+        self.frozen_bn = frozen;
         self
     }
 }
@@ -441,15 +449,55 @@ impl Trainer {
                 labels.len()
             )));
         }
-        Ok(self.pass(images, n, Some(labels)) as f32)
+        let bn = if self.config.frozen_bn {
+            BnStats::Running
+        } else {
+            BnStats::Batch { momentum: Some(self.config.bn_momentum) }
+        };
+        Ok(self.pass(images, n, Some(labels), bn) as f32)
     }
 
     /// Eval-mode forward (running statistics, no dropout): the logits `[n][classes]`. (It
     /// overwrites the activations the last step kept; its gradients stay readable.)
     pub fn eval(&mut self, images: &[f32]) -> Result<&[f32]> {
         let n = self.check_batch(images, 1)?;
-        self.pass(images, n, None);
+        self.pass(images, n, None, BnStats::Running);
         Ok(self.logits())
+    }
+
+    /// Train-mode forward without dropout or backward: BatchNorm normalises with the batch's
+    /// statistics, and the running statistics move towards them by `momentum` (`None`: they stay
+    /// as they are; `Some(1.0)`: they become the batch's). The logits `[n][classes]`.
+    pub fn forward_batch_stats(&mut self, images: &[f32], momentum: Option<f64>) -> Result<&[f32]> {
+        let n = self.check_batch(images, 2)?;
+        self.pass(images, n, None, BnStats::Batch { momentum });
+        Ok(self.logits())
+    }
+
+    /// BatchNorm recalibration: every running mean and variance becomes the plain average of
+    /// the batch statistics over `batches` (NCHW, at least 2 images each), weights untouched,
+    /// as torch does with `momentum=None`. Returns the number of batches used (none: the
+    /// statistics are unchanged).
+    pub fn recalibrate_bn<'a>(&mut self, batches: impl IntoIterator<Item = &'a [f32]>) -> Result<usize> {
+        let stats: Vec<usize> = (0..self.params.entries().len())
+            .filter(|&id| self.params.entries()[id].kind == ParamKind::Buffer)
+            .collect();
+        let mut sums: Vec<Vec<f64>> = stats.iter().map(|&id| vec![0.0; self.params.value(id).len()]).collect();
+        let mut count = 0usize;
+        for images in batches {
+            self.forward_batch_stats(images, Some(1.0))?;
+            for (&id, sum) in stats.iter().zip(&mut sums) {
+                sum.iter_mut().zip(self.params.value(id)).for_each(|(s, &v)| *s += v as f64);
+            }
+            count += 1;
+        }
+        if count > 0 {
+            for (&id, sum) in stats.iter().zip(&sums) {
+                let values = self.params.value_mut(id);
+                values.iter_mut().zip(sum).for_each(|(v, s)| *v = (s / count as f64) as f32);
+            }
+        }
+        Ok(count)
     }
 
     /// Rebuilds the layers' packed weights from the store if a value changed.
@@ -500,8 +548,9 @@ impl Trainer {
         }
     }
 
-    /// Forward (and with labels: loss and backward). Returns the loss (0 without labels).
-    fn pass(&mut self, images: &[f32], n: usize, labels: Option<&[usize]>) -> f64 {
+    /// Forward (and with labels: dropout, loss and backward). Returns the loss (0 without
+    /// labels).
+    fn pass(&mut self, images: &[f32], n: usize, labels: Option<&[usize]>, bn: BnStats) -> f64 {
         self.sync();
         let train = labels.is_some();
         let ctx = Ctx {
@@ -509,8 +558,7 @@ impl Trainer {
             base: Ptr::new(self.arena.ptr(Buf::default())),
             n,
             chunks: n.min(REDUCE_CHUNKS),
-            train,
-            momentum: self.config.bn_momentum,
+            bn,
             eps: self.plan.spec.norm_eps,
         };
         self.last_n = n;

@@ -176,11 +176,16 @@ fn reference(
                         let zp = z.plane();
                         let vals: Vec<usize> =
                             (0..z.n).flat_map(|b| (0..zp).map(move |q| (b * c + ch) * zp + q)).collect();
-                        let mean = vals.iter().map(|&i| z.d[i]).sum::<f64>() / m;
-                        let var = vals.iter().map(|&i| (z.d[i] - mean).powi(2)).sum::<f64>() / m;
+                        let (mean, var) = if cfg.frozen_bn {
+                            (rm[ch], rv[ch]) // eval-mode BatchNorm: running statistics, unchanged
+                        } else {
+                            let mean = vals.iter().map(|&i| z.d[i]).sum::<f64>() / m;
+                            let var = vals.iter().map(|&i| (z.d[i] - mean).powi(2)).sum::<f64>() / m;
+                            rm[ch] = (1.0 - cfg.bn_momentum) * rm[ch] + cfg.bn_momentum * mean;
+                            rv[ch] = (1.0 - cfg.bn_momentum) * rv[ch] + cfg.bn_momentum * var * m / (m - 1.0);
+                            (mean, var)
+                        };
                         rstd[ch] = 1.0 / (var + eps).sqrt();
-                        rm[ch] = (1.0 - cfg.bn_momentum) * rm[ch] + cfg.bn_momentum * mean;
-                        rv[ch] = (1.0 - cfg.bn_momentum) * rv[ch] + cfg.bn_momentum * var * m / (m - 1.0);
                         for &i in &vals {
                             xhat.d[i] = (z.d[i] - mean) * rstd[ch];
                             pre.d[i] = gamma[ch] * xhat.d[i] + beta[ch];
@@ -371,7 +376,9 @@ fn reference(
                         dgamma[ch] = dg;
                         dbeta[ch] = db;
                         for (&i, gi) in idx.iter().zip(&gv) {
-                            dz.d[i] = gamma[ch] * rstd[ch] * (gi - db / m - xhat.d[i] * dg / m);
+                            // Frozen statistics are constants: only the affine map remains.
+                            let centred = if cfg.frozen_bn { *gi } else { gi - db / m - xhat.d[i] * dg / m };
+                            dz.d[i] = gamma[ch] * rstd[ch] * centred;
                         }
                     }
                     grads.insert(format!("{}.weight", l.norm_key), dgamma);
@@ -522,6 +529,7 @@ fn check_against_reference(
     isa: Isa,
     dropout: f32,
     smoothing: f64,
+    frozen_bn: bool,
 ) {
     let spec = ModelSpec::new(arch).with_width_mult(width).with_num_classes(10);
     let cfg = TrainConfig::new(arch, n, size.0, size.1)
@@ -529,6 +537,7 @@ fn check_against_reference(
         .with_threads(2)
         .with_dropout(dropout)
         .with_label_smoothing(smoothing)
+        .with_frozen_bn(frozen_bn)
         .with_seed(3);
     let mut t = Trainer::new(&spec, cfg.clone()).unwrap();
     perturb(&mut t, 9);
@@ -538,7 +547,7 @@ fn check_against_reference(
     let masks: Vec<Vec<f32>> = t.dropout_masks().into_iter().map(|m| m.to_vec()).collect();
     let mask_refs: Vec<&[f32]> = masks.iter().map(|m| m.as_slice()).collect();
     let r = reference(t.plan(), &before, &images, n, size, &labels, &mask_refs, &cfg);
-    let what = format!("{arch} x{width} {}x{} n{n} {isa}", size.0, size.1);
+    let what = format!("{arch} x{width} {}x{} n{n} {isa}{}", size.0, size.1, if frozen_bn { " frozen BN" } else { "" });
     assert!((loss as f64 - r.loss).abs() <= 1e-4 * r.loss.abs().max(1.0), "{what}: loss {loss} vs {}", r.loss);
     assert!(rel_err(t.logits(), &r.logits) <= 1e-4, "{what}: logits");
     let mut checked = 0;
@@ -578,29 +587,72 @@ fn check_against_reference(
 
 #[test]
 fn gradients_match_f64_reference_v3_small() {
-    check_against_reference(Arch::V3Small, 0.25, (33, 33), 4, Isa::detect(), 0.2, 0.1);
+    check_against_reference(Arch::V3Small, 0.25, (33, 33), 4, Isa::detect(), 0.2, 0.1, false);
 }
 
 #[test]
 fn gradients_match_f64_reference_v3_large() {
-    check_against_reference(Arch::V3Large, 0.25, (33, 33), 3, Isa::detect(), 0.2, 0.0);
+    check_against_reference(Arch::V3Large, 0.25, (33, 33), 3, Isa::detect(), 0.2, 0.0, false);
 }
 
 #[test]
 fn gradients_match_f64_reference_v2() {
-    check_against_reference(Arch::V2, 0.25, (48, 48), 4, Isa::detect(), 0.2, 0.1);
+    check_against_reference(Arch::V2, 0.25, (48, 48), 4, Isa::detect(), 0.2, 0.1, false);
 }
 
 #[test]
 fn gradients_match_f64_reference_v1() {
-    check_against_reference(Arch::V1, 0.25, (33, 47), 3, Isa::detect(), 0.0, 0.0);
+    check_against_reference(Arch::V1, 0.25, (33, 47), 3, Isa::detect(), 0.0, 0.0, false);
 }
 
 #[test]
 fn gradients_match_f64_reference_every_isa() {
     for isa in Isa::all_available() {
-        check_against_reference(Arch::V3Small, 0.25, (33, 33), 4, isa, 0.2, 0.1);
+        check_against_reference(Arch::V3Small, 0.25, (33, 33), 4, isa, 0.2, 0.1, false);
     }
+}
+
+/// `--freeze-bn`: BatchNorm normalises with the running statistics, which stay unchanged, and
+/// its backward is the affine map alone.
+#[test]
+fn gradients_match_f64_reference_with_frozen_batch_norm() {
+    check_against_reference(Arch::V3Small, 0.25, (33, 33), 4, Isa::detect(), 0.2, 0.1, true);
+    check_against_reference(Arch::V2, 0.25, (40, 40), 3, Isa::detect(), 0.0, 0.0, true);
+}
+
+/// Recalibration: the running statistics become the average of the batches' statistics
+/// (torch's `momentum=None`), and nothing else changes.
+#[test]
+fn recalibration_averages_batch_statistics() {
+    let spec = ModelSpec::new(Arch::V3Small).with_width_mult(0.25).with_num_classes(10);
+    let (n, h, w) = (4, 33, 33);
+    let cfg = TrainConfig::new(Arch::V3Small, n, h, w).with_threads(2);
+    let mut t = Trainer::new(&spec, cfg.clone()).unwrap();
+    perturb(&mut t, 11);
+    let before = params_f64(&t);
+    let batches: Vec<Vec<f32>> = (0..3).map(|i| random_batch(20 + i, n, h, w, 10).0).collect();
+    // Each batch's statistics, from the reference with momentum 1.
+    let one = cfg.clone().with_bn_momentum(1.0);
+    let mut want: Params = Params::new();
+    for images in &batches {
+        let r = reference(t.plan(), &before, images, n, (h, w), &[0; 4], &[], &one);
+        for (k, v) in r.running {
+            let sum = want.entry(k).or_insert_with(|| vec![0.0; v.len()]);
+            sum.iter_mut().zip(&v).for_each(|(s, v)| *s += v / batches.len() as f64);
+        }
+    }
+    let used = t.recalibrate_bn(batches.iter().map(|b| b.as_slice())).unwrap();
+    assert_eq!(used, 3);
+    for (key, _, values) in t.params() {
+        match want.get(key) {
+            Some(want) => assert!(rel_err(values, want) <= 1e-5, "{key}: {:e}", rel_err(values, want)),
+            None => assert!(values.iter().zip(&before[key]).all(|(a, &b)| *a as f64 == b), "{key} changed"),
+        }
+    }
+    // No batch: nothing changes.
+    let snapshot = params_f64(&t);
+    assert_eq!(t.recalibrate_bn(std::iter::empty()).unwrap(), 0);
+    assert!(params_f64(&t) == snapshot);
 }
 
 /// The f64 reference's own gradients against central finite differences of its loss.
@@ -714,7 +766,7 @@ fn debug_reference() {
     let size: usize = std::env::var("SIZE").unwrap().parse().unwrap();
     let n: usize = std::env::var("N").unwrap().parse().unwrap();
     let width: f64 = std::env::var("WIDTH").map(|w| w.parse().unwrap()).unwrap_or(0.25);
-    check_against_reference(arch, width, (size, size), n, Isa::detect(), 0.0, 0.0);
+    check_against_reference(arch, width, (size, size), n, Isa::detect(), 0.0, 0.0, false);
 }
 
 /// A trainer laid out for a larger batch runs a smaller one exactly as one laid out for it.

@@ -209,6 +209,18 @@ impl Engine {
         self.threads
     }
 
+    /// This core's measured FMA peak for the engine's ISA, in GMAC/s on one thread: what
+    /// `bench --profile` sets each layer's throughput against.
+    pub fn fma_peak_gmacs(&self) -> f64 {
+        kernels::fma_peak_gmacs(self.net.isa)
+    }
+
+    /// The per-core data-cache sizes (L1d, L2) the GEMM blocking is shaped for, in bytes.
+    pub fn cache_sizes(&self) -> (usize, usize) {
+        let c = kernels::CacheSizes::get();
+        (c.l1d, c.l2)
+    }
+
     pub fn num_classes(&self) -> usize {
         self.net.spec.num_classes
     }

@@ -17,6 +17,19 @@ fn main() {
     }
 }
 
+/// The calling thread's CPU time, in ms (0 where there is no such clock).
+fn thread_cpu_ms() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `t` is a valid timespec to write.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6;
+        }
+    }
+    0.0
+}
+
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
 }
@@ -48,13 +61,31 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
             let pixels: Vec<f32> = (0..batch * 3 * size * size).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
             let images = Images::new(&pixels, batch, size, size)?;
             let seconds = parse(&args, "--seconds", 3.0f64)?;
+            // The calling thread's CPU time per run, besides wall time: on a shared machine a
+            // run that is descheduled for a while keeps its CPU time (1 thread only).
+            let mut cpu_ms = Vec::new();
             let result = bench::measure(batch, 3, 10, Duration::from_secs_f64(seconds), || {
+                let t = thread_cpu_ms();
                 engine.run(&images).expect("run");
+                cpu_ms.push(thread_cpu_ms() - t);
             });
             println!("model: {} width {} isa {} threads {}", engine.spec().arch, engine.spec().width_mult, engine.isa(), engine.threads());
             println!("{}", result.report());
+            if engine.threads() == 1 && cfg!(target_os = "linux") {
+                let timed = &mut cpu_ms[3..];
+                timed.sort_by(f64::total_cmp);
+                println!("median_cpu_ms: {:.3}\nmin_cpu_ms: {:.3}", timed[timed.len() / 2], timed[0]);
+            }
             if args.iter().any(|a| a == "--profile") {
-                print_profile(&engine.profile(&images, 50));
+                let peak = engine.fma_peak_gmacs();
+                let (l1d, l2) = engine.cache_sizes();
+                println!(
+                    "fma peak: {peak:.1} GMAC/s ({} on one core, measured); caches: L1d {} KB, L2 {} KB",
+                    engine.isa(),
+                    l1d / 1024,
+                    l2 / 1024
+                );
+                print_profile(&engine.profile(&images, 50), peak);
             }
         }
         Some("run") => {
@@ -77,17 +108,17 @@ fn real_main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Per layer and per kind: time, MACs, GMAC/s and bytes (the "measure before optimising").
-fn print_profile(layers: &[mobilenet_engine::LayerProfile]) {
+fn print_profile(layers: &[mobilenet_engine::LayerProfile], peak: f64) {
     let total: f64 = layers.iter().map(|l| l.ms).sum();
     let total_net: f64 = layers.iter().map(|l| l.ms_in_network).sum();
     println!(
-        "{:>3}  {:<30} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7}",
-        "#", "layer", "out", "alone ms", "in net", "MMACs", "GMAC/s", "KB"
+        "{:>3}  {:<30} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6} {:>7}",
+        "#", "layer", "out", "alone ms", "in net", "MMACs", "GMAC/s", "%peak", "KB"
     );
     for (i, l) in layers.iter().enumerate() {
         let in_net = if l.fused { "(fused)".to_string() } else { format!("{:.3}", l.ms_in_network) };
         println!(
-            "{:>3}  {:<30} {:>9} {:>8.3} {:>8} {:>9.2} {:>8.1} {:>7}",
+            "{:>3}  {:<30} {:>9} {:>8.3} {:>8} {:>9.2} {:>8.1} {:>6.0} {:>7}",
             i,
             l.kind,
             format!("{}x{}", l.out_hw.0, l.out_hw.1),
@@ -95,6 +126,7 @@ fn print_profile(layers: &[mobilenet_engine::LayerProfile]) {
             in_net,
             l.macs as f64 / 1e6,
             l.macs as f64 / l.ms / 1e6,
+            100.0 * l.macs as f64 / l.ms / 1e6 / peak,
             l.bytes / 1024
         );
     }
@@ -112,10 +144,11 @@ fn print_profile(layers: &[mobilenet_engine::LayerProfile]) {
     println!("\nby kind, each step alone (sum {total:.3} ms; in whole passes the steps take {total_net:.3} ms):");
     for (kind, ms, macs) in kinds {
         println!(
-            "  {kind:<16} {ms:>8.3} ms {:>5.1}%  {:>8.1} MMACs  {:>6.1} GMAC/s",
+            "  {kind:<16} {ms:>8.3} ms {:>5.1}%  {:>8.1} MMACs  {:>6.1} GMAC/s {:>4.0}% of peak",
             100.0 * ms / total,
             macs as f64 / 1e6,
-            macs as f64 / ms / 1e6
+            macs as f64 / ms / 1e6,
+            100.0 * macs as f64 / ms / 1e6 / peak
         );
     }
 }

@@ -13,11 +13,14 @@ use crate::simd::{multiversion, Simd};
 const DEPTHWISE_PIXELS: usize = 4;
 
 #[inline(always)]
-unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(conv: &Conv, y0: usize, y1: usize) {
+unsafe fn depthwise_rows<S: Simd, const K: usize, const STRIDE: usize, const ACT: u8>(
+    conv: &Conv,
+    y0: usize,
+    y1: usize,
+) {
     let in_geom = conv.in_geom;
     let out_geom = conv.out_geom;
     let channels = in_geom.c;
-    let stride = conv.stride;
     // Border pixels the k x k window never reaches (the border is at least (k - 1) / 2 wide).
     let unused_border = in_geom.pad - (K - 1) / 2;
     let in_row = in_geom.row_stride();
@@ -26,30 +29,22 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(conv: &Conv, y0
     // layers, and those addresses collide in the same L1 sets.)
     for out_y in y0..y1 {
         // Top-left tap of output pixel (out_y, 0), in the bordered input.
-        let base = conv.input.add((out_y * stride + unused_border - conv.in_row0) * in_row + unused_border * channels);
+        let base = conv.input.add((out_y * STRIDE + unused_border - conv.in_row0) * in_row + unused_border * channels);
         let out_row = conv.output.add(out_geom.offset(out_y - conv.out_row0, 0));
         let mut out_x = 0;
         while out_x < out_geom.w && out_geom.w >= DEPTHWISE_PIXELS {
             // The last group overlaps the one before rather than leaving single pixels,
             // whose one accumulator chain would wait on FMA latency.
             out_x = out_x.min(out_geom.w - DEPTHWISE_PIXELS);
+            // Two vectors of channels at a time where there are two: eight accumulator chains,
+            // what two FMA pipes of 4-cycle latency need (AVX2); four leave half of them idle.
             let mut channel = 0;
-            while channel < channels {
-                let mut acc = [S::load(conv.bias.add(channel)); DEPTHWISE_PIXELS];
-                for ky in 0..K {
-                    let row = base.add(ky * in_row + channel);
-                    let taps = conv.weights.add(ky * K * channels + channel);
-                    for kx in 0..K {
-                        let weight = S::load(taps.add(kx * channels));
-                        for (j, acc) in acc.iter_mut().enumerate() {
-                            *acc = S::fma(S::load(row.add(((out_x + j) * stride + kx) * channels)), weight, *acc);
-                        }
-                    }
-                }
-                for (j, acc) in acc.iter().enumerate() {
-                    S::store(out_row.add((out_x + j) * out_geom.c + channel), activate::<S, ACT>(*acc));
-                }
-                channel += S::LANES;
+            while channel + 2 * S::LANES <= channels {
+                depthwise_pixels::<S, K, STRIDE, 2, ACT>(conv, base, out_row, out_x, channel);
+                channel += 2 * S::LANES;
+            }
+            if channel < channels {
+                depthwise_pixels::<S, K, STRIDE, 1, ACT>(conv, base, out_row, out_x, channel);
             }
             out_x += DEPTHWISE_PIXELS;
         }
@@ -62,7 +57,7 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(conv: &Conv, y0
                     let taps = conv.weights.add(ky * K * channels + channel);
                     for kx in 0..K {
                         acc = S::fma(
-                            S::load(row.add((out_x * stride + kx) * channels)),
+                            S::load(row.add((out_x * STRIDE + kx) * channels)),
                             S::load(taps.add(kx * channels)),
                             acc,
                         );
@@ -72,6 +67,49 @@ unsafe fn depthwise_rows<S: Simd, const K: usize, const ACT: u8>(conv: &Conv, y0
                 channel += S::LANES;
             }
             out_x += 1;
+        }
+    }
+}
+
+/// `DEPTHWISE_PIXELS` output pixels of one row from `out_x`, `VECTORS` vectors of channels from
+/// `channel`. Each accumulator is the bias, then the taps in (ky, kx) order, as in every
+/// depthwise path.
+// Indexed loops over const bounds: they unroll, and the accumulators stay in registers.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn depthwise_pixels<S: Simd, const K: usize, const STRIDE: usize, const VECTORS: usize, const ACT: u8>(
+    conv: &Conv,
+    base: *const f32,
+    out_row: *mut f32,
+    out_x: usize,
+    channel: usize,
+) {
+    let channels = conv.in_geom.c;
+    let in_row = conv.in_geom.row_stride();
+    let mut acc = [[S::zero(); VECTORS]; DEPTHWISE_PIXELS];
+    for v in 0..VECTORS {
+        let bias = S::load(conv.bias.add(channel + v * S::LANES));
+        for acc in acc.iter_mut() {
+            acc[v] = bias;
+        }
+    }
+    for ky in 0..K {
+        let row = base.add(ky * in_row + channel);
+        let taps = conv.weights.add(ky * K * channels + channel);
+        for kx in 0..K {
+            for v in 0..VECTORS {
+                let weight = S::load(taps.add(kx * channels + v * S::LANES));
+                for j in 0..DEPTHWISE_PIXELS {
+                    let input = S::load(row.add(((out_x + j) * STRIDE + kx) * channels + v * S::LANES));
+                    acc[j][v] = S::fma(input, weight, acc[j][v]);
+                }
+            }
+        }
+    }
+    for j in 0..DEPTHWISE_PIXELS {
+        for v in 0..VECTORS {
+            let at = out_row.add((out_x + j) * conv.out_geom.c + channel + v * S::LANES);
+            S::store(at, activate::<S, ACT>(acc[j][v]));
         }
     }
 }
@@ -135,17 +173,18 @@ unsafe fn depthwise_3x3s1_row_pairs<S: Simd, const ACT: u8>(conv: &Conv, y0: usi
         out_y += 2;
     }
     if out_y < y1 {
-        depthwise_rows::<S, 3, ACT>(conv, out_y, y1);
+        depthwise_rows::<S, 3, 1, ACT>(conv, out_y, y1);
     }
 }
 
 #[inline(always)]
 unsafe fn depthwise_generic<S: Simd>(conv: &Conv, y0: usize, y1: usize) {
-    match conv.kernel {
-        3 if conv.stride == 1 => with_act!(conv.act, depthwise_3x3s1_row_pairs::<S>(conv, y0, y1)),
-        3 => with_act!(conv.act, depthwise_rows::<S, 3>(conv, y0, y1)),
-        5 => with_act!(conv.act, depthwise_rows::<S, 5>(conv, y0, y1)),
-        k => panic!("depthwise kernel {k} is not built (3 and 5 are)"),
+    match (conv.kernel, conv.stride) {
+        (3, 1) => with_act!(conv.act, depthwise_3x3s1_row_pairs::<S>(conv, y0, y1)),
+        (3, 2) => with_act!(conv.act, depthwise_rows::<S, 3, 2>(conv, y0, y1)),
+        (5, 1) => with_act!(conv.act, depthwise_rows::<S, 5, 1>(conv, y0, y1)),
+        (5, 2) => with_act!(conv.act, depthwise_rows::<S, 5, 2>(conv, y0, y1)),
+        (k, s) => panic!("depthwise kernel {k} stride {s} is not built (3 and 5, stride 1 and 2 are)"),
     }
 }
 

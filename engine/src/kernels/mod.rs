@@ -26,17 +26,21 @@
 //! so no layer makes a second pass over its map.
 
 mod activation;
+mod cache;
 mod depthwise;
 mod direct_conv;
 mod gemm;
+mod peak;
 mod pooling;
 mod squeeze_excite;
 
 pub(crate) use activation::{act_code, with_act};
 pub use activation::{ACT_HARDSIGMOID, ACT_HARDSWISH, ACT_NONE, ACT_RELU, ACT_RELU6};
+pub use cache::CacheSizes;
 pub use depthwise::depthwise;
 pub use direct_conv::direct_conv;
-pub use gemm::{gemm, pack_gemm_weights, panel_outer_pays, Gemm, GEMM_PANEL_OUTER_MAX_A_BYTES};
+pub use gemm::{band_max_a_bytes, gemm, pack_gemm_weights, weights_exceed_l2, Gemm};
+pub use peak::fma_peak_gmacs;
 pub use pooling::mean_pool;
 pub use squeeze_excite::{squeeze_excite, SqueezeExcite};
 

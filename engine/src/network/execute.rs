@@ -121,12 +121,10 @@ impl Network {
     /// Rows per band of a fused pair whose depthwise output is `g` and pointwise conv `dense`,
     /// run in `parts` parts.
     pub(super) fn band_rows(g: &MapGeom, dense: &Dense, parts: usize) -> usize {
-        // With megabytes of pointwise weights (late layers), a map that fits in L2 is one band:
-        // every band re-reads all the weights. Split over threads, it is one band per thread,
-        // or the other threads would wait.
-        if kernels::panel_outer_pays(dense.k, dense.n_pad)
-            && 4 * g.h * g.w * g.c <= kernels::GEMM_PANEL_OUTER_MAX_A_BYTES
-        {
+        // With weights past half the L2 (late layers: megabytes), a map that fits in the L2 is
+        // one band: every band re-reads all the weights. Split over threads, it is one band per
+        // thread, or the other threads would wait. (L2 as this core has it: `CacheSizes`.)
+        if kernels::weights_exceed_l2(dense.k, dense.n_pad) && 4 * g.h * g.w * g.c <= kernels::band_max_a_bytes() {
             return g.h.div_ceil(parts);
         }
         (Self::BAND_BYTES / (4 * g.w * g.c)).clamp(1, g.h.div_ceil(parts))

@@ -134,6 +134,7 @@ impl Dense {
             c_geom,
             res: res.map_or(std::ptr::null(), |r| r.0),
             res_geom: res.map_or(c_geom, |r| r.1),
+            blocking: None,
         }
     }
 }

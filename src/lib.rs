@@ -39,6 +39,5 @@ pub use models::{Arch, MobileNet, MobileNetV1, MobileNetV2, MobileNetV3, ModelCo
 
 /// The command-line entry point (`src/main.rs` is this one call).
 pub fn run_cli() -> anyhow::Result<()> {
-    use clap::Parser;
-    cli::run(cli::Cli::parse())
+    cli::run(cli::parse())
 }

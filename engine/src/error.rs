@@ -16,6 +16,10 @@ pub enum EngineError {
     UnexpectedTensors { count: usize, example: String },
     #[error("input: {0}")]
     Input(String),
+    /// A NaN or infinity where the engine needs finite values (its fused activations would
+    /// otherwise turn it into finite, meaningless logits).
+    #[error("{what} holds a non-finite value ({value}) at index {index}")]
+    NonFinite { what: String, index: usize, value: f32 },
     #[error("wrong input shape {found:?}: expected {expected}")]
     InputShape { found: Vec<usize>, expected: String },
     #[error("invalid model configuration: {0}")]

@@ -87,6 +87,14 @@ impl<'a> Images<'a> {
                 data.len()
             )));
         }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            let per_image = 3 * height * width;
+            return Err(EngineError::NonFinite {
+                what: format!("input: image {} of the batch", i / per_image),
+                index: i % per_image,
+                value: data[i],
+            });
+        }
         Ok(Self { data, batch, height, width })
     }
 

@@ -33,20 +33,36 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The configuration these flags describe, on top of `base` (or the model's defaults).
+    /// The configuration these flags describe: the model's defaults with the flags applied, or,
+    /// with `base` (what a weight file's metadata says), that configuration, which the flags
+    /// must agree with: the file's weights have that shape, so a flag that differs is an error
+    /// rather than silently ignored.
     pub fn config(&self, base: Option<ModelConfig>) -> anyhow::Result<Option<ModelConfig>> {
-        let mut config = match (&self.model, base) {
-            (Some(name), base) => {
-                let arch: Arch = name.parse()?;
-                match base {
-                    Some(b) if b.spec.arch == arch => b,
-                    Some(b) => bail!("--model {arch} disagrees with the weights, which hold {}", b.spec.arch),
-                    None => ModelConfig::new(arch),
+        if let Some(base) = base {
+            let differs = |flag: &str, given: Option<String>, stored: String| -> anyhow::Result<()> {
+                match given {
+                    Some(given) if given != stored => bail!(
+                        "{flag} {given} disagrees with the weights, which hold {stored} (from their metadata); \
+                         drop the flag"
+                    ),
+                    _ => Ok(()),
                 }
+            };
+            if let Some(name) = &self.model {
+                let arch: Arch = name.parse()?;
+                differs("--model", Some(arch.to_string()), base.spec.arch.to_string())?;
             }
-            (None, Some(base)) => base,
-            (None, None) => return Ok(None),
+            differs("--width-mult", self.width_mult.map(|v| v.to_string()), base.spec.width_mult.to_string())?;
+            differs("--num-classes", self.num_classes.map(|v| v.to_string()), base.spec.num_classes.to_string())?;
+            differs("--bn-eps", self.bn_eps.map(|v| v.to_string()), base.spec.norm_eps.to_string())?;
+            differs("--bn-momentum", self.bn_momentum.map(|v| v.to_string()), base.norm_momentum.to_string())?;
+            base.validate()?;
+            return Ok(Some(base));
+        }
+        let Some(name) = &self.model else {
+            return Ok(None);
         };
+        let mut config = ModelConfig::new(name.parse()?);
         if let Some(w) = self.width_mult {
             config.spec.width_mult = w;
         }
@@ -62,6 +78,21 @@ impl ModelArgs {
         config.validate()?;
         Ok(Some(config))
     }
+}
+
+/// The most threads an option may ask for: a few per core (more only adds overhead; an
+/// unbounded number can take the machine down).
+pub fn max_threads() -> usize {
+    8 * std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Checks a thread-count option (`--threads`): at least 1, at most [`max_threads`].
+pub fn check_threads(option: &str, threads: usize) -> anyhow::Result<()> {
+    let max = max_threads();
+    if threads == 0 || threads > max {
+        bail!("{option} must be in [1, {max}] (8 per core on this machine), got {threads}");
+    }
+    Ok(())
 }
 
 /// The eval transform's settings; each flag overrides the weight file's metadata, which
@@ -138,8 +169,8 @@ impl BackendArgs {
     ) -> anyhow::Result<Runner> {
         let on_cpu = device_args.is_none_or(|d| matches!(d.device.as_str(), "cpu" | "flex"));
         let backend = if on_cpu { self.backend } else { Backend::Burn };
-        if self.threads == Some(0) {
-            bail!("--threads must be at least 1");
+        if let Some(threads) = self.threads {
+            check_threads("--threads", threads)?;
         }
         Ok(Runner::new(model, backend, device, self.threads.unwrap_or(0))?)
     }

@@ -8,7 +8,7 @@ use anyhow::bail;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Args;
 
-use crate::cli::args::ModelArgs;
+use crate::cli::args::{check_threads, ModelArgs};
 use crate::inference::backend::{Backend, Runner};
 use crate::io::weights;
 use crate::models::{MobileNet, ModelConfig};
@@ -37,13 +37,27 @@ pub struct BenchArgs {
     pub seconds: f64,
 }
 
+/// The options both benchmarks share: threads bounded by the cores, an image size the networks
+/// take, a batch that fits in memory, and a duration `Duration` can hold (at most a day).
+fn check_sizes(threads: usize, batch: usize, image_size: usize, seconds: f64) -> anyhow::Result<()> {
+    use crate::data::preprocess::MAX_INPUT_SIZE;
+    use crate::models::MIN_INPUT_SIZE;
+    check_threads("--threads", threads)?;
+    if !(MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(&image_size) {
+        bail!("--image-size must be in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}], got {image_size}");
+    }
+    crate::training::config::check_batch_bytes("--batch", batch, image_size)?;
+    if !(seconds.is_finite() && (0.0..=86400.0).contains(&seconds)) {
+        bail!("--seconds must be a number of seconds in [0, 86400], got {seconds}");
+    }
+    Ok(())
+}
+
 pub(super) fn bench(args: BenchArgs, device: &Device) -> anyhow::Result<()> {
-    if args.batch == 0 || args.threads == 0 || args.image_size == 0 {
-        bail!("--batch, --threads and --image-size must be at least 1");
+    if args.batch == 0 {
+        bail!("--batch must be at least 1");
     }
-    if !(args.seconds.is_finite() && args.seconds >= 0.0) {
-        bail!("--seconds must be a non-negative number");
-    }
+    check_sizes(args.threads, args.batch, args.image_size, args.seconds)?;
     let model = match &args.weights {
         Some(path) => {
             let Some(config) = args.model.config(weights::read_config(path)?)? else {
@@ -107,9 +121,10 @@ pub struct BenchTrainArgs {
 /// Full training steps on random data: forward in train mode, loss (label smoothing 0.1),
 /// backward, and an SGD-Nesterov update with weight decay (the default recipe's optimizer).
 pub(super) fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
-    if args.batch < 2 || args.threads == 0 || args.image_size < crate::models::MIN_INPUT_SIZE {
-        bail!("--batch must be at least 2, --threads at least 1, --image-size at least 32");
+    if args.batch < 2 {
+        bail!("--batch must be at least 2 (BatchNorm needs two values per channel)");
     }
+    check_sizes(args.threads, args.batch, args.image_size, args.seconds)?;
     let Some(config) = args.model.config(None)? else {
         bail!("bench-train needs --model NAME");
     };

@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use clap::Args;
 
 use crate::cli::args::{load_weights, ModelArgs, PreprocessArgs};
+use crate::data::preprocess::MAX_INPUT_SIZE;
 use crate::io::tensor_io::{read_tensor, write_tensors, HostTensor};
 use crate::io::weights;
 use crate::models::{Arch, MobileNet, MIN_INPUT_SIZE};
@@ -52,6 +53,7 @@ pub struct ImportArgs {
 }
 
 pub(super) fn import(args: ImportArgs, device: &Device) -> anyhow::Result<()> {
+    crate::io::atomic::check_output("--output", &args.output, &[&args.from])?;
     let (model, preprocess) = load_weights(&args.model, &args.preprocess, &args.from, device)?;
     weights::save_with_metadata(&model, &args.output, &[preprocess.to_metadata()])?;
     let config = model.config();
@@ -73,8 +75,8 @@ pub(super) fn summary(args: SummaryArgs, device: &Device) -> anyhow::Result<()> 
     let Some(config) = args.model.config(None)? else {
         bail!("--model is required (one of {})", Arch::ALL.map(|a| a.name()).join(", "));
     };
-    if args.image_size < MIN_INPUT_SIZE {
-        bail!("--image-size must be at least {}", MIN_INPUT_SIZE);
+    if !(MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(&args.image_size) {
+        bail!("--image-size must be in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}], got {}", args.image_size);
     }
     let model = MobileNet::new(&config, device)?;
     let title = format!(
@@ -86,6 +88,7 @@ pub(super) fn summary(args: SummaryArgs, device: &Device) -> anyhow::Result<()> 
 }
 
 pub(super) fn infer(args: InferArgs, device: &Device) -> anyhow::Result<()> {
+    crate::io::atomic::check_output("--output", &args.output, &[&args.input, &args.weights])?;
     let stored = weights::read_config(&args.weights)?;
     let config = args.model.config(stored)?;
     if config.is_none() {

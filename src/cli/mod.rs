@@ -55,6 +55,23 @@ pub enum Command {
     BenchTrain(BenchTrainArgs),
 }
 
+/// Parses the command line (exiting with clap's message on a usage error), noting which of
+/// `train`'s options were given explicitly: `--resume` refuses the others rather than ignore them.
+pub fn parse() -> Cli {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Train(args), Some(("train", sub))) = (&mut cli.command, matches.subcommand()) {
+        args.given = sub
+            .ids()
+            .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.to_string())
+            .collect();
+    }
+    cli
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     let device = Device::flex();
     match cli.command {

@@ -51,6 +51,7 @@ pub(super) fn predict(args: PredictArgs, device: &Device) -> anyhow::Result<()> 
         bail!("--batch-size must be at least 1");
     }
     let (model, preprocess) = load_weights(&args.model, &args.preprocess, &args.weights, device)?;
+    crate::training::config::check_batch_bytes("--batch-size", args.batch_size, preprocess.crop_size as usize)?;
     let labels = Labels::for_model(model.num_classes(), args.labels.as_deref())?;
     let runner = args.backend.runner(model, device, None)?;
     let classifier = Classifier::with_runner(runner, preprocess, labels)?;

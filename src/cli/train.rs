@@ -115,6 +115,9 @@ pub struct TrainArgs {
     /// CPU when the run needs nothing it lacks, else burn].
     #[arg(long = "train-backend", value_enum)]
     pub train_backend: Option<TrainBackend>,
+    /// The options given on the command line (clap ids), filled in by `cli::parse`.
+    #[arg(skip)]
+    pub given: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -164,13 +167,24 @@ pub struct RecalibrateArgs {
     pub seed: u64,
 }
 
-fn next_run_dir(arch: Arch) -> PathBuf {
-    (1..).map(|n| PathBuf::from(format!("runs/{arch}-{n}"))).find(|p| !p.exists()).expect("a free run folder")
-}
-
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let device = args.device.device()?.autodiff();
     if let Some(dir) = &args.resume {
+        // Everything else comes from the checkpoint: a setting given anyway would be ignored.
+        let ignored: Vec<String> = args
+            .given
+            .iter()
+            .filter(|id| !matches!(id.as_str(), "resume" | "device" | "train_backend"))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        if !ignored.is_empty() {
+            bail!(
+                "--resume continues {} with the settings stored in its checkpoint; {} cannot change them \
+                 (only --device and --train-backend can): drop them, or start a new run",
+                dir.display(),
+                ignored.join(", ")
+            );
+        }
         let outcome = training::run(training::Start::Resume(dir.to_path_buf()), &device)?;
         return report(&outcome);
     }
@@ -209,9 +223,6 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         OptimizerKind::Rmsproptf => 0.016,
         OptimizerKind::Adamw => 1e-3,
     });
-    if args.epochs == 0 || args.batch_size < 2 {
-        bail!("--epochs must be at least 1 and --batch-size at least 2");
-    }
     let on_cpu = matches!(args.device.device.as_str(), "cpu" | "flex");
     let backend = match args.train_backend {
         Some(TrainBackend::Engine) if !on_cpu => {
@@ -227,7 +238,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let config = TrainConfig {
         model,
         data: args.data.data.clone(),
-        output: args.output.clone().unwrap_or_else(|| next_run_dir(model.spec.arch)),
+        output: PathBuf::new(), // claimed below, once every setting is known to be valid
         epochs: args.epochs,
         batch_size: args.batch_size,
         optimizer,
@@ -252,13 +263,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         recalibrate_bn: args.recalibrate_bn,
         backend,
     };
-    if config.output.join("last.ckpt").exists() {
-        bail!(
-            "{} already holds a run: continue it with --resume {}, or choose another --output",
-            config.output.display(),
-            config.output.display()
-        );
+    let mut config = config;
+    config.validate()?;
+    if let Some(init) = &config.init {
+        crate::io::weights::detect_format(init)?;
     }
+    config.output = training::checkpoint::claim_run_dir(args.output.as_deref(), Path::new("runs"), config.model.spec.arch)?;
     let outcome = training::run(training::Start::Fresh(Box::new(config)), &device)?;
     report(&outcome)
 }
@@ -266,9 +276,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
 /// The model `train` builds: `--model` (default V3-Small) with every other model flag applied,
 /// and the data's class count.
 pub fn train_model_config(args: &ModelArgs, classes: usize) -> anyhow::Result<ModelConfig> {
-    let default = ModelConfig::new(Arch::V3Small);
-    let base = if args.model.is_none() { Some(default) } else { None };
-    let config = args.config(base)?.unwrap_or(default);
+    let mut args = args.clone();
+    args.model.get_or_insert_with(|| Arch::V3Small.name().to_string());
+    let config = args.config(None)?.expect("a model name");
     if args.num_classes.is_some_and(|k| k != classes) {
         bail!("--num-classes {} but the data has {classes} classes", args.num_classes.unwrap());
     }
@@ -321,16 +331,37 @@ fn load_for_data(
             augment.std = p.std;
         }
     }
+    augment.validate()?;
     Ok((model, augment))
 }
 
+/// `eval`'s and `recalibrate-bn`'s recalibration settings: `batches` batches of `batch_size`
+/// images from a training split of `train_len` images must give at least one batch that
+/// BatchNorm can use (two images or more), or nothing would be recalibrated.
+fn check_recalibration(option: &str, batches: usize, batch_size: usize, train_len: usize) -> anyhow::Result<()> {
+    if batches == 0 {
+        bail!("{option} must be at least 1 (the number of batches to recompute BatchNorm statistics over)");
+    }
+    if batch_size < 2 {
+        bail!("--batch-size {batch_size}: BatchNorm statistics need batches of at least 2 images");
+    }
+    if train_len < 2 {
+        bail!("the training split has {train_len} image(s); recalibrating BatchNorm needs at least 2");
+    }
+    Ok(())
+}
+
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    if args.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     let device = args.device.device()?;
     let splits = data::load_spec(&args.data.data)?;
     let (mut model, augment) = load_for_data(&args.model, &args.data, &args.weights, &splits, &device)?;
     let train_set = Arc::new(splits.train);
     let val_set = Arc::new(splits.val);
     if args.recalibrate_bn > 0 {
+        check_recalibration("--recalibrate-bn", args.recalibrate_bn, args.batch_size, train_set.len())?;
         model = recalibrate_bn(model, &train_set, &augment, args.recalibrate_bn, args.batch_size, args.seed, &device)?;
     }
     let bar = indicatif::ProgressBar::new(val_set.len() as u64);
@@ -359,10 +390,12 @@ fn print_eval(r: &EvalResult) {
 }
 
 pub fn recalibrate(args: RecalibrateArgs) -> anyhow::Result<()> {
+    crate::io::atomic::check_output("--output", &args.output, &[&args.weights])?;
     let device = args.device.device()?;
     let splits = data::load_spec(&args.data.data)?;
     let (model, augment) = load_for_data(&args.model, &args.data, &args.weights, &splits, &device)?;
     let train_set = Arc::new(splits.train);
+    check_recalibration("--batches", args.batches, args.batch_size, train_set.len())?;
     let model = recalibrate_bn(model, &train_set, &augment, args.batches, args.batch_size, args.seed, &device)?;
     weights::save_with_metadata(&model, &args.output, &[augment.eval_preprocess().to_metadata()])
         .with_context(|| format!("writing {}", args.output.display()))?;
@@ -404,7 +437,10 @@ pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     );
     for (i, (run, label)) in args.runs.iter().zip(&labels).enumerate() {
         let path = run.join("metrics.csv");
-        let rows = metrics::read_metrics(&path);
+        if !run.is_dir() {
+            bail!("{}: no such run folder", run.display());
+        }
+        let rows = metrics::read_metrics(&path)?;
         if rows.is_empty() {
             bail!("{}: no epochs recorded", path.display());
         }

@@ -11,9 +11,10 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::data::preprocess::{resize_bilinear, Preprocess, IMAGENET_MEAN, IMAGENET_STD};
+use crate::data::preprocess::{resize_bilinear, Preprocess, IMAGENET_MEAN, IMAGENET_STD, MAX_INPUT_SIZE};
 use crate::data::{DataFormat, Dataset, Image};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::models::MIN_INPUT_SIZE;
 
 /// The random crop used in training.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -76,6 +77,29 @@ impl AugmentConfig {
         }
     }
 
+    /// Rejects settings the transforms cannot run, or whose weights `eval` and `predict` would
+    /// refuse (the eval transform is checked as `predict` checks it). Messages name the options.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::InvalidConfig(what));
+        if !(MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(&self.image_size) {
+            return bad(format!(
+                "--image-size must be in [{MIN_INPUT_SIZE}, {MAX_INPUT_SIZE}] (the smallest input the networks \
+                 take, which eval and predict require), got {}",
+                self.image_size
+            ));
+        }
+        if self.eval_resize == 0 || self.eval_resize > u32::MAX as usize {
+            return bad(format!("--eval-resize must be at least 1, got {}", self.eval_resize));
+        }
+        if !(self.min_scale > 0.0 && self.min_scale <= 1.0) {
+            return bad(format!("--min-scale must be in (0, 1], got {}", self.min_scale));
+        }
+        if self.padding > self.image_size {
+            return bad(format!("--padding {} is larger than the image size {}", self.padding, self.image_size));
+        }
+        self.eval_preprocess().validate().map_err(|e| Error::InvalidConfig(format!("the evaluation transform: {e}")))
+    }
+
     pub fn eval_preprocess(&self) -> Preprocess {
         Preprocess {
             resize_size: self.eval_resize as u32,
@@ -136,23 +160,7 @@ impl AugmentConfig {
 
     /// Resize the shorter side to `eval_resize` and centre-crop `image_size`, as RGB bytes.
     fn eval_geometry(&self, rgb: &RgbImage) -> Result<Vec<u8>> {
-        let pre = self.eval_preprocess();
-        let (w, h) = pre.resized_size(rgb.width(), rgb.height());
-        let resized = resize_bilinear(rgb, w, h)?;
-        let window = pre.crop_window(w, h);
-        let size = self.image_size;
-        let mut out = vec![0u8; size * size * 3];
-        for y in 0..size as i64 {
-            let sy = y + window.top;
-            for x in 0..size as i64 {
-                let sx = x + window.left;
-                if (0..h as i64).contains(&sy) && (0..w as i64).contains(&sx) {
-                    let (d, s) = (((y * size as i64 + x) * 3) as usize, ((sy * w as i64 + sx) * 3) as usize);
-                    out[d..d + 3].copy_from_slice(&resized[s..s + 3]);
-                }
-            }
-        }
-        Ok(out)
+        self.eval_preprocess().resize_center_crop(rgb)
     }
 }
 

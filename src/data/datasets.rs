@@ -147,12 +147,30 @@ pub fn load(dir: &Path) -> Result<Splits> {
             (train, val)
         }
     };
+    check_splits(&root, train, val).map(|(train, val)| Splits { format, train, val })
+}
+
+/// Both splits non-empty, and every evaluation label one of the training split's classes (the
+/// model has as many outputs as the training split has classes); the evaluation split then
+/// shares the training split's class list.
+fn check_splits(root: &Path, train: Dataset, mut val: Dataset) -> Result<(Dataset, Dataset)> {
     for (name, split) in [("training", &train), ("evaluation", &val)] {
         if split.is_empty() {
-            return Err(Error::file(&root, format!("the {name} split is empty")));
+            return Err(Error::file(root, format!("the {name} split is empty")));
         }
     }
-    Ok(Splits { format, train, val })
+    if let Some(&label) = val.labels.iter().find(|&&l| l >= train.num_classes()) {
+        return Err(Error::file(
+            root,
+            format!(
+                "the evaluation split has label {label} ({}) but the training split has only {} classes",
+                val.classes.get(label).map(String::as_str).unwrap_or("unnamed"),
+                train.num_classes()
+            ),
+        ));
+    }
+    val.classes = train.classes.clone();
+    Ok((train, val))
 }
 
 fn exists_gz(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -190,12 +208,19 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     gunzip_if_needed(path, raw)
 }
 
+/// The most bytes a data file may hold once decompressed (a gzip bomb is refused, not unpacked).
+pub const MAX_DATA_FILE_BYTES: u64 = 4 << 30;
+
 fn gunzip_if_needed(path: &Path, raw: Vec<u8>) -> Result<Vec<u8>> {
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
+            .take(MAX_DATA_FILE_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::file(path, format!("corrupt gzip data: {e}")))?;
+        if out.len() as u64 > MAX_DATA_FILE_BYTES {
+            return Err(Error::file(path, format!("decompresses to more than {MAX_DATA_FILE_BYTES} bytes")));
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -221,7 +246,10 @@ fn parse_idx_bytes(path: &Path, bytes: Vec<u8>, expected_rank: usize) -> Result<
     }
     let dims: Vec<usize> =
         (0..rank).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
-    let expected: usize = dims.iter().product();
+    if dims.iter().skip(1).any(|&d| d == 0) {
+        return Err(Error::file(path, format!("idx dimensions {dims:?}: images of zero size")));
+    }
+    let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
     if bytes.len() - header != expected {
         return Err(Error::file(
             path,

@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::data::augment::AugmentConfig;
 use crate::data::Dataset;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A batch of transformed images `[n, 3, size, size]` and their labels.
 #[derive(Debug, Clone)]
@@ -58,7 +58,9 @@ pub fn epoch_order(len: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Starts producing batches of `order` on a background thread.
+/// Starts producing batches of `order` on a background thread. A panic while transforming a
+/// batch (a bug, or a decoder's) arrives as an error in place of that batch, so the run stops
+/// with a message instead of ending its epoch early or dying with a trace.
 pub fn spawn(
     dataset: Arc<Dataset>,
     augment: AugmentConfig,
@@ -69,17 +71,26 @@ pub fn spawn(
     let (tx, rx) = sync_channel(4);
     std::thread::spawn(move || {
         for chunk in order.chunks(batch_size.max(1)) {
-            let samples: Result<Vec<Vec<f32>>> = chunk
-                .par_iter()
-                .map(|&i| match mode {
-                    Mode::Train { seed, epoch } => augment.train(&dataset.images[i], seed, epoch, i),
-                    Mode::Eval => augment.eval(&dataset.images[i]),
+            let make = || -> Result<Batch> {
+                let samples: Vec<Vec<f32>> = chunk
+                    .par_iter()
+                    .map(|&i| match mode {
+                        Mode::Train { seed, epoch } => augment.train(&dataset.images[i], seed, epoch, i),
+                        Mode::Eval => augment.eval(&dataset.images[i]),
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Batch {
+                    images: samples.concat(),
+                    labels: chunk.iter().map(|&i| dataset.labels[i] as i64).collect(),
+                    size: augment.image_size,
                 })
-                .collect();
-            let batch = samples.map(|samples| Batch {
-                images: samples.concat(),
-                labels: chunk.iter().map(|&i| dataset.labels[i] as i64).collect(),
-                size: augment.image_size,
+            };
+            let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make)).unwrap_or_else(|panic| {
+                Err(Error::InvalidConfig(format!(
+                    "preparing a batch failed (images {:?}…): {}",
+                    &chunk[..chunk.len().min(4)],
+                    panic_message(&panic)
+                )))
             });
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {
@@ -88,4 +99,13 @@ pub fn spawn(
         }
     });
     rx
+}
+
+/// The message of a caught panic.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a worker thread panicked".into())
 }

@@ -264,7 +264,18 @@ impl Classifier {
                 .chunks(per_thread)
                 .map(|part| scope.spawn(move || part.iter().map(load).collect::<Vec<_>>()))
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().expect("image loading does not panic")).collect()
+            // A thread that panicked (a bug: decoding catches its own) reports its images.
+            handles
+                .into_iter()
+                .zip(paths.chunks(per_thread))
+                .flat_map(|(h, part)| match h.join() {
+                    Ok(results) => results,
+                    Err(panic) => {
+                        let message = crate::data::loader::panic_message(&panic);
+                        part.iter().map(|p| Err(Error::file(p, format!("loading failed: {message}")))).collect()
+                    }
+                })
+                .collect()
         })
     }
 }

@@ -71,30 +71,29 @@ pub fn write_tensors_with_metadata(
     tensors: &[(&str, &HostTensor)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    let serialized = serialize_tensors(tensors, metadata).map_err(|e| Error::file(path, e))?;
+    write_atomic(path, &serialized)
+}
+
+/// The bytes [`write_tensors_with_metadata`] writes (for a file written to several places).
+pub fn serialize_tensors(
+    tensors: &[(&str, &HostTensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(name, t)| (name.to_string(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect(), t.shape.clone()))
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(name, data, shape)| {
-            let view =
-                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data).expect("shape matches data");
-            (name.clone(), view)
-        })
-        .collect();
-    let serialized = safetensors::serialize(views, metadata).map_err(|e| Error::file(path, e))?;
-    write_atomic(path, &serialized)
+    let mut views = Vec::with_capacity(bytes.len());
+    for (name, data, shape) in &bytes {
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+            .map_err(|e| Error::InvalidConfig(format!("tensor '{name}': {e}")))?;
+        views.push((name.clone(), view));
+    }
+    safetensors::serialize(views, metadata).map_err(|e| Error::InvalidConfig(format!("serialising tensors: {e}")))
 }
 
-/// Writes `bytes` to a sibling temporary file and renames it over `path`.
+/// Writes `bytes` atomically: see [`crate::io::atomic::write_atomic`], which every output goes through.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::file(path, "not a file path"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::file(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::file(path, e)
-    })
+    crate::io::atomic::write_atomic(path, bytes)
 }

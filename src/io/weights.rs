@@ -20,6 +20,7 @@ use burn_store::{
 };
 
 use crate::error::{Error, Result};
+use crate::io::params;
 use crate::models::{MobileNet, ModelConfig};
 
 /// The metadata key holding the model configuration as JSON (defined once, in the engine crate,
@@ -134,7 +135,20 @@ pub fn load(path: &Path, config: Option<&ModelConfig>, device: &Device) -> Resul
 pub fn load_into(model: MobileNet, path: &Path) -> Result<MobileNet> {
     let (model, result) = apply(model, path)?;
     check_strict(&result, path, &model.config().spec.arch.to_string(), None)?;
-    Ok(model)
+    Ok(to_f32(model))
+}
+
+/// Every float tensor as f32, whatever the file stored (f16, bf16 and f64 files load into
+/// tensors of that dtype, which burn's f32 kernels cannot mix): the conversion the engine's
+/// reader makes too.
+fn to_f32(model: MobileNet) -> MobileNet {
+    use burn::tensor::{DType, Tensor};
+    params::map(model, |_, flat| {
+        (flat.value.dtype() != DType::F32).then(|| {
+            let device = flat.value.device();
+            Tensor::from_data(flat.value.clone().into_data().convert::<f32>(), &device)
+        })
+    })
 }
 
 /// Loads everything but the last classifier layer strictly; the last layer is taken only when
@@ -145,7 +159,7 @@ pub fn load_backbone(model: MobileNet, path: &Path) -> Result<(MobileNet, bool)>
     let (model, result) = apply(model, path)?;
     check_strict(&result, path, &model.config().spec.arch.to_string(), Some(&head))?;
     let head_loaded = !result.errors.iter().any(|e| error_key(e).starts_with(&head));
-    Ok((model, head_loaded))
+    Ok((to_f32(model), head_loaded))
 }
 
 fn error_key(error: &ApplyError) -> &str {
@@ -230,10 +244,11 @@ pub fn save(model: &MobileNet, path: &Path) -> Result<()> {
 /// ([`crate::data::preprocess::PREPROCESS_METADATA_KEY`]), so that `predict` needs no flags.
 pub fn save_with_metadata(model: &MobileNet, path: &Path, extra: &[(String, String)]) -> Result<()> {
     let config = model.config();
-    let mut store = SafetensorsStore::from_file(path)
+    // Serialised in memory, then written through the one atomic writer (which refuses to
+    // replace a symlink, FIFO or device, and cleans up after a failure).
+    let mut store = SafetensorsStore::from_bytes(None)
         .skip_enum_variants(true)
         .with_to_adapter(BurnToPyTorchAdapter)
-        .overwrite(true)
         .metadata(CONFIG_METADATA_KEY, serde_json::to_string(config).expect("config serialises"))
         .metadata("model", config.spec.arch.name())
         .metadata("num_classes", config.spec.num_classes.to_string())
@@ -241,5 +256,7 @@ pub fn save_with_metadata(model: &MobileNet, path: &Path, extra: &[(String, Stri
     for (key, value) in extra {
         store = store.metadata(key.clone(), value.clone());
     }
-    model.save_into(&mut store).map_err(|e| Error::file(path, e))
+    model.save_into(&mut store).map_err(|e| Error::file(path, e))?;
+    let bytes = store.get_bytes().map_err(|e| Error::file(path, e))?;
+    crate::io::atomic::write_atomic(path, &bytes)
 }

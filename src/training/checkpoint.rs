@@ -10,10 +10,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::io::tensor_io::{read_tensors, write_tensors_with_metadata, HostTensor};
+use crate::io::tensor_io::{read_tensors, serialize_tensors, HostTensor};
 use crate::io::{params, weights};
 use crate::models::MobileNet;
-use crate::training::optim::Optimizer;
+use crate::training::optim::{Optimizer, OptimizerKind};
 use crate::training::TrainConfig;
 
 const STATE_KEY: &str = "mobilenet.train_state";
@@ -63,6 +63,18 @@ pub fn save(
     optimizer: &Optimizer,
     ema: Option<&MobileNet>,
 ) -> Result<()> {
+    let bytes = to_bytes(config, progress, model, optimizer, ema)?;
+    crate::io::atomic::write_atomic(path, &bytes)
+}
+
+/// The bytes of a checkpoint (what [`save`] writes).
+pub fn to_bytes(
+    config: &TrainConfig,
+    progress: &Progress,
+    model: &MobileNet,
+    optimizer: &Optimizer,
+    ema: Option<&MobileNet>,
+) -> Result<Vec<u8>> {
     let mut tensors = host(model, "model");
     tensors.extend(optimizer.state_tensors().into_iter().map(|(k, t)| (format!("optim/{k}"), t)));
     if let Some(ema) = ema {
@@ -71,7 +83,59 @@ pub fn save(
     let refs: Vec<(&str, &HostTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let state = State { config: config.clone(), progress: progress.clone() };
     let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(&state).expect("state serialises"))]);
-    write_tensors_with_metadata(path, &refs, Some(metadata))
+    serialize_tensors(&refs, Some(metadata))
+}
+
+/// The optimizer buffers every trained tensor has after the first step.
+fn optimizer_buffers(config: &TrainConfig) -> Vec<&'static str> {
+    let o = &config.optimizer;
+    match o.kind {
+        OptimizerKind::Sgd if o.momentum > 0.0 => vec!["momentum_buffer"],
+        OptimizerKind::Sgd => vec![],
+        OptimizerKind::Rmsproptf if o.momentum > 0.0 => vec!["square_avg", "momentum_buffer"],
+        OptimizerKind::Rmsproptf => vec!["square_avg"],
+        OptimizerKind::Adamw => vec!["exp_avg", "exp_avg_sq"],
+    }
+}
+
+/// After a step, every trained tensor has its optimizer buffers: a checkpoint without one of
+/// them would resume without that tensor's momentum (a different run), so it is refused.
+fn check_optimizer_state(
+    path: &Path,
+    state: &State,
+    model: &MobileNet,
+    optim: &BTreeMap<String, HostTensor>,
+) -> Result<()> {
+    if state.progress.optimizer_steps == 0 {
+        return Ok(());
+    }
+    let buffers = optimizer_buffers(&state.config);
+    let plan = model.plan();
+    let keys = params::collect(model);
+    let bn_prefixes: Vec<String> =
+        keys.keys().filter_map(|k| k.strip_suffix(".running_mean").map(|p| format!("{p}."))).collect();
+    let trained = |key: &str| {
+        let statistic = key.ends_with("running_mean") || key.ends_with("running_var");
+        let frozen_bn = state.config.freeze_bn && bn_prefixes.iter().any(|p| key.starts_with(p.as_str()));
+        let frozen_backbone = state.config.freeze_backbone && !plan.is_classifier_key(key);
+        !(statistic || frozen_bn || frozen_backbone)
+    };
+    for key in keys.keys().filter(|k| trained(k)) {
+        for buffer in &buffers {
+            let name = format!("{key}/{buffer}");
+            if !optim.contains_key(&name) {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "optimizer state 'optim/{name}' is missing after {} steps: resuming would lose that \
+                         tensor's {buffer}; the checkpoint is incomplete",
+                        state.progress.optimizer_steps
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads a checkpoint onto `device` (the training device).
@@ -79,6 +143,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let meta = weights::read_metadata(path)?;
     let json = meta.get(STATE_KEY).ok_or_else(|| Error::file(path, "not a training checkpoint (no run state)"))?;
     let state: State = serde_json::from_str(json).map_err(|e| Error::file(path, format!("corrupt run state: {e}")))?;
+    state.config.validate().map_err(|e| Error::file(path, format!("run state: {e}")))?;
     let mut tensors = read_tensors(path)?;
     let mut group = |prefix: &str| -> BTreeMap<String, HostTensor> {
         let keys: Vec<String> = tensors.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
@@ -109,6 +174,7 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         }
     };
     let model = restore(MobileNet::new(&state.config.model, device)?, &model_t)?;
+    check_optimizer_state(path, &state, &model, &optim_t)?;
     let ema = if ema_t.is_empty() {
         None
     } else {
@@ -117,4 +183,102 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
     let mut optimizer = Optimizer::new(state.config.optimizer);
     optimizer.load_state(state.progress.optimizer_steps, optim_t, &plain)?;
     Ok(Checkpoint { config: state.config, progress: state.progress, model, optimizer, ema })
+}
+
+/// The files a run folder holds besides `last.ckpt`, as of its last completed epoch.
+pub const RUN_FILES: [&str; 6] =
+    ["metrics.csv", "curves.png", "last.safetensors", "ema.safetensors", "best.ckpt", "best.safetensors"];
+
+const STAGE_PREFIX: &str = ".epoch-";
+
+/// Where the files of the epoch that completes `epochs_done` are written before the commit.
+///
+/// The end of an epoch: every file (metrics, curves, weights, `best.*`) is written into this
+/// hidden folder; then `last.ckpt` is replaced, atomically, which commits the epoch; then the
+/// staged files are renamed into place ([`publish_epoch`]). A kill before the commit leaves the
+/// previous epoch's folder as it was (the staging folder is discarded on resume); a kill after
+/// it leaves the rest of the publishing to the resume. So at any instant the folder either is,
+/// or by `--resume` becomes, exactly what its `last.ckpt` records.
+pub fn stage_dir(out: &Path, epochs_done: usize) -> std::path::PathBuf {
+    out.join(format!("{STAGE_PREFIX}{epochs_done}"))
+}
+
+/// Renames the staged files of the committed epoch `epochs_done` into place and discards the
+/// staging folders of any other (uncommitted) epoch. Idempotent: a resume finishes what a kill
+/// interrupted.
+pub fn publish_epoch(out: &Path, epochs_done: usize) -> Result<()> {
+    let committed = stage_dir(out, epochs_done);
+    let entries = std::fs::read_dir(out).map_err(|e| Error::file(out, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(STAGE_PREFIX) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let stage = entry.path();
+        if stage == committed {
+            for file in RUN_FILES {
+                let staged = stage.join(file);
+                if staged.is_file() {
+                    crate::io::atomic::publish(&staged, &out.join(file))?;
+                }
+            }
+        }
+        std::fs::remove_dir_all(&stage).map_err(|e| Error::file(&stage, e))?;
+    }
+    Ok(())
+}
+
+/// Whether `name` is a file or folder this program leaves only transiently (staging folders,
+/// temporary files), which a fresh run may take over.
+fn transient(name: &str) -> bool {
+    name.starts_with(STAGE_PREFIX) || (name.starts_with('.') && name.contains(".tmp-"))
+}
+
+/// The folder a new run writes into, claimed so that no other run can take it: the given
+/// `--output` (which must be new, or empty: a folder holding anything but this program's
+/// leftovers is refused, and one holding a run is to be resumed instead), or the first free
+/// `<runs>/<model>-<n>`, created atomically (two runs started together get different folders).
+pub fn claim_run_dir(output: Option<&Path>, runs: &Path, arch: crate::models::Arch) -> Result<std::path::PathBuf> {
+    let Some(dir) = output else {
+        std::fs::create_dir_all(runs).map_err(|e| Error::file(runs, e))?;
+        for n in 1.. {
+            let dir = runs.join(format!("{arch}-{n}"));
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::file(&dir, e)),
+            }
+        }
+        unreachable!("a free run folder");
+    };
+    if dir.join("last.ckpt").exists() {
+        return Err(Error::file(
+            dir,
+            format!("already holds a run: continue it with --resume {}, or choose another --output", dir.display()),
+        ));
+    }
+    if std::fs::symlink_metadata(dir).is_ok() {
+        if !dir.is_dir() {
+            return Err(Error::file(dir, "--output must be a folder"));
+        }
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::file(dir, e))?;
+        let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        if let Some(first) = names.iter().find(|n| !transient(n)) {
+            return Err(Error::file(
+                dir,
+                format!(
+                    "--output is not empty ({first}{}) and holds no run (no last.ckpt): refusing to overwrite \
+                     what is there; choose a new or empty folder",
+                    if names.len() > 1 { ", …" } else { "" }
+                ),
+            ));
+        }
+        for name in names {
+            let path = dir.join(name);
+            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    Ok(dir.to_path_buf())
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// One row of `metrics.csv`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -74,11 +74,29 @@ impl EpochMetrics {
     }
 }
 
-/// Reads `metrics.csv` (rows that do not parse are dropped).
-pub fn read_metrics(path: &Path) -> Vec<EpochMetrics> {
-    std::fs::read_to_string(path)
-        .map(|text| text.lines().skip(1).filter_map(EpochMetrics::parse).collect())
-        .unwrap_or_default()
+/// Reads `metrics.csv`. A missing file is an error naming it; so is a row that does not parse
+/// (naming its line), and a header other than ours.
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound { path: path.to_path_buf() },
+        _ => Error::file(path, e),
+    })?;
+    let mut lines = text.lines();
+    if lines.next().map(str::trim) != Some(CSV_HEADER) {
+        return Err(Error::file(path, "line 1: not the metrics.csv header this program writes"));
+    }
+    lines
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            EpochMetrics::parse(line.trim_end()).ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!("line {}: corrupt row (expected 13 comma-separated numbers): {line:?}", i + 2),
+                )
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn write_metrics(path: &Path, rows: &[EpochMetrics]) -> Result<()> {

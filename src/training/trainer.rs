@@ -166,18 +166,82 @@ impl RunState {
         Ok(Self { optimizer: Optimizer::new(config.optimizer), config, model, ema, progress, rows: Vec::new() })
     }
 
+    /// The run in `dir` as its `last.ckpt` records it. The folder is first brought to that
+    /// state: temporary files of dead writers are swept, the committed epoch's staged files are
+    /// published and uncommitted ones discarded ([`checkpoint::publish_epoch`]), and files the
+    /// epoch promises but the folder lacks (a folder written before staging, or files deleted)
+    /// are regenerated where the checkpoint holds what they need.
     fn resume(dir: &Path, device: &Device) -> Result<Self> {
         let path = dir.join("last.ckpt");
         if !path.exists() {
             return Err(Error::file(&path, "no checkpoint to resume from"));
         }
+        for removed in crate::io::atomic::sweep_stale_temps(dir) {
+            eprintln!("removed {}, left by an interrupted write", removed.display());
+        }
         let ckpt = checkpoint::load(&path, device)?;
-        let mut rows = read_metrics(&dir.join("metrics.csv"));
-        rows.retain(|r| r.epoch < ckpt.progress.epochs_done);
+        let done = ckpt.progress.epochs_done;
+        checkpoint::publish_epoch(dir, done)?;
+        let metrics = dir.join("metrics.csv");
+        let mut rows = if done == 0 { Vec::new() } else { read_metrics(&metrics)? };
+        rows.retain(|r| r.epoch < done);
+        if rows.iter().map(|r| r.epoch).ne(0..done) {
+            return Err(Error::file(
+                &metrics,
+                format!(
+                    "records epochs {:?}, but last.ckpt has {done} completed epochs: the run folder is damaged",
+                    rows.iter().map(|r| r.epoch + 1).collect::<Vec<_>>()
+                ),
+            ));
+        }
         let mut config = ckpt.config;
         config.output = dir.to_path_buf();
         let ema = Ema::new(&config, ckpt.ema, &ckpt.model, ckpt.progress.ema_updates);
-        Ok(Self { config, model: ckpt.model, optimizer: ckpt.optimizer, ema, progress: ckpt.progress, rows })
+        let state =
+            Self { config, model: ckpt.model, optimizer: ckpt.optimizer, ema, progress: ckpt.progress, rows };
+        state.regenerate_missing(&path)?;
+        Ok(state)
+    }
+
+    /// Rewrites the files of the last completed epoch that the folder lacks, from the
+    /// checkpoint: `last.safetensors` (unless BatchNorm recalibration made it: that needs the
+    /// data), `ema.safetensors`, and `best.*` when the last epoch was the best.
+    fn regenerate_missing(&self, ckpt_path: &Path) -> Result<()> {
+        if self.progress.epochs_done == 0 {
+            return Ok(());
+        }
+        let out = &self.config.output;
+        let regenerated = |file: &str| eprintln!("regenerated {} from last.ckpt", out.join(file).display());
+        let last = out.join("last.safetensors");
+        if !last.exists() && self.config.recalibrate_bn == 0 {
+            save_weights(&self.model, &self.config, &last)?;
+            regenerated("last.safetensors");
+        }
+        if let Some(ema) = self.ema_model() {
+            if !out.join("ema.safetensors").exists() {
+                save_weights(ema, &self.config, &out.join("ema.safetensors"))?;
+                regenerated("ema.safetensors");
+            }
+        }
+        if self.progress.best_epoch == Some(self.progress.epochs_done - 1) {
+            if !out.join("best.ckpt").exists() {
+                let bytes = std::fs::read(ckpt_path).map_err(|e| Error::file(ckpt_path, e))?;
+                crate::io::atomic::write_atomic(&out.join("best.ckpt"), &bytes)?;
+                regenerated("best.ckpt");
+            }
+            if !out.join("best.safetensors").exists() && last.exists() {
+                let bytes = std::fs::read(&last).map_err(|e| Error::file(&last, e))?;
+                crate::io::atomic::write_atomic(&out.join("best.safetensors"), &bytes)?;
+                regenerated("best.safetensors");
+            }
+        }
+        for file in ["last.safetensors", "best.ckpt", "best.safetensors"] {
+            let promised = file == "last.safetensors" || self.progress.best_epoch.is_some();
+            if promised && !out.join(file).exists() {
+                eprintln!("warning: {} is missing and cannot be regenerated from last.ckpt", out.join(file).display());
+            }
+        }
+        Ok(())
     }
 
     fn ema_model(&self) -> Option<&MobileNet> {
@@ -457,16 +521,13 @@ fn report_epoch(config: &TrainConfig, row: &EpochMetrics) {
     );
 }
 
-/// Metrics, curves, `last` checkpoint and weights, and `best` when the epoch improved.
+/// Metrics, curves, `last` checkpoint and weights, and `best` when the epoch improved: staged,
+/// committed by replacing `last.ckpt`, then published (see [`checkpoint::stage_dir`]), so that a
+/// kill at any instant leaves a folder that is, or on resume becomes, the recorded epoch's.
 fn save_epoch(state: &mut RunState, row: EpochMetrics, eval_model: &MobileNet) -> Result<()> {
     let out = state.config.output.clone();
     let (epoch, val_top1) = (row.epoch, row.val_top1);
     state.rows.push(row);
-    write_metrics(&out.join("metrics.csv"), &state.rows)?;
-    let title = format!("{} on {}", state.config.model.spec.arch, state.config.data);
-    if let Err(e) = curves::training_curves(&state.rows, &out.join("curves.png"), &title) {
-        eprintln!("warning: could not draw {}: {e}", out.join("curves.png").display());
-    }
     let progress = &mut state.progress;
     progress.epochs_done = epoch + 1;
     progress.optimizer_steps = state.optimizer.steps;
@@ -476,17 +537,28 @@ fn save_epoch(state: &mut RunState, row: EpochMetrics, eval_model: &MobileNet) -
         progress.best_top1 = val_top1;
         progress.best_epoch = Some(epoch);
     }
+    let stage = checkpoint::stage_dir(&out, epoch + 1);
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage).map_err(|e| Error::file(&stage, e))?;
+    }
+    std::fs::create_dir(&stage).map_err(|e| Error::file(&stage, e))?;
+    write_metrics(&stage.join("metrics.csv"), &state.rows)?;
+    let title = format!("{} on {}", state.config.model.spec.arch, state.config.data);
+    if let Err(e) = curves::training_curves(&state.rows, &stage.join("curves.png"), &title) {
+        eprintln!("warning: could not draw {}: {e}", out.join("curves.png").display());
+    }
     let (config, ema) = (&state.config, state.ema_model());
-    checkpoint::save(&out.join("last.ckpt"), config, &state.progress, &state.model, &state.optimizer, ema)?;
-    save_weights(eval_model, config, &out.join("last.safetensors"))?;
+    let ckpt = checkpoint::to_bytes(config, &state.progress, &state.model, &state.optimizer, ema)?;
+    save_weights(eval_model, config, &stage.join("last.safetensors"))?;
     if let Some(e) = ema {
-        save_weights(e, config, &out.join("ema.safetensors"))?;
+        save_weights(e, config, &stage.join("ema.safetensors"))?;
     }
     if improved {
-        checkpoint::save(&out.join("best.ckpt"), config, &state.progress, &state.model, &state.optimizer, ema)?;
-        save_weights(eval_model, config, &out.join("best.safetensors"))?;
+        crate::io::atomic::write_atomic(&stage.join("best.ckpt"), &ckpt)?;
+        save_weights(eval_model, config, &stage.join("best.safetensors"))?;
     }
-    Ok(())
+    crate::io::atomic::write_atomic(&out.join("last.ckpt"), &ckpt)?;
+    checkpoint::publish_epoch(&out, epoch + 1)
 }
 
 /// Warns when BatchNorm's running statistics no longer describe the weights: the same batch

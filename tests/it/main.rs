@@ -3,6 +3,7 @@
 
 mod common;
 
+mod bad_input;
 mod cli;
 mod cpu_trainer;
 mod engine;

@@ -166,7 +166,7 @@ fn eval_and_recalibrate_on_a_trained_run() {
         data_dir.to_str().unwrap().into(),
     ]);
     let v: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
-    let rows = mobilenet::training::metrics::read_metrics(&run.join("metrics.csv"));
+    let rows = mobilenet::training::metrics::read_metrics(&run.join("metrics.csv")).unwrap();
     let last = rows.last().unwrap();
     assert!((v["top1"].as_f64().unwrap() - last.val_top1).abs() < 1e-9, "{v} vs {last:?}");
     assert_eq!(v["per_class"].as_array().unwrap().len(), 10);

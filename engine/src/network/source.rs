@@ -58,6 +58,9 @@ impl TensorSource {
         if data.len() != shape.iter().product::<usize>() {
             return Err(EngineError::Shape { key: key.to_string(), expected: shape.to_vec(), found: vec![data.len()] });
         }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(EngineError::NonFinite { what: format!("weights: tensor '{key}'"), index: i, value: data[i] });
+        }
         self.used.insert(key.to_string());
         Ok(data.clone())
     }

@@ -146,6 +146,12 @@ impl Preprocess {
     /// to 256 x 5,120,000), only the window the crop keeps is computed, with the same filter
     /// taps as the full resize.
     pub fn resize_center_crop(&self, image: &RgbImage) -> Result<Vec<u8>> {
+        self.resize_center_crop_within(image, MAX_RESIZED_PIXELS)
+    }
+
+    /// [`Self::resize_center_crop`], computing only the crop's window once the resized image
+    /// would exceed `max_pixels`.
+    fn resize_center_crop_within(&self, image: &RgbImage, max_pixels: u64) -> Result<Vec<u8>> {
         if image.width() == 0 || image.height() == 0 {
             return Err(Error::InvalidPreprocess(format!("empty image ({}x{})", image.width(), image.height())));
         }
@@ -158,7 +164,7 @@ impl Preprocess {
             let hi = (start + crop).clamp(0, size as i64);
             (lo as u32, (hi - lo) as u32)
         };
-        let region = if new_w as u64 * new_h as u64 <= MAX_RESIZED_PIXELS {
+        let region = if new_w as u64 * new_h as u64 <= max_pixels {
             Region { x: 0, y: 0, width: new_w, height: new_h }
         } else {
             let ((x, width), (y, height)) = (span(window.left, new_w), span(window.top, new_h));
@@ -369,4 +375,37 @@ fn resize_region(image: &RgbImage, width: u32, height: u32, region: Region) -> R
         current = next;
     }
     Ok(current.into_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The windowed resize (only the crop's window) gives the full resize's pixels.
+    #[test]
+    fn windowed_resize_matches_the_full_resize() {
+        let noise = |x: u32, y: u32, c: u32| ((x * 73 + y * 151 + c * 29) ^ (x * y)) as u8;
+        for (w, h, resize, crop) in [(3, 900, 64, 48), (700, 5, 40, 32), (50, 37, 80, 96), (333, 41, 37, 32)] {
+            let image = RgbImage::from_fn(w, h, |x, y| image::Rgb([noise(x, y, 0), noise(x, y, 1), noise(x, y, 2)]));
+            let p = Preprocess { resize_size: resize, crop_size: crop, ..Preprocess::default() };
+            let full = p.resize_center_crop_within(&image, u64::MAX).unwrap();
+            let windowed = p.resize_center_crop_within(&image, 0).unwrap();
+            let worst = full.iter().zip(&windowed).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+            assert!(worst <= 1, "{w}x{h} resize {resize} crop {crop}: differs by {worst} levels");
+        }
+    }
+
+    #[test]
+    fn truncated_jpegs_are_refused() {
+        let mut bytes = Vec::new();
+        RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8, y as u8, 7]))
+            .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)
+            .unwrap();
+        assert!(decode_rgb(&bytes).is_ok());
+        let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        for cut in [sos, sos + 20, bytes.len() - 2] {
+            let err = decode_rgb(&bytes[..cut]).unwrap_err();
+            assert!(err.contains("truncated JPEG"), "{cut}: {err}");
+        }
+    }
 }

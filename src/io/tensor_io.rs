@@ -50,14 +50,24 @@ pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
     Ok(out)
 }
 
-/// Reads one named tensor.
+/// Reads one named tensor, which must be f32 (the file's other tensors may be anything).
 pub fn read_tensor(path: &Path, name: &str) -> Result<HostTensor> {
-    let mut all = read_tensors(path)?;
-    all.remove(name).ok_or_else(|| {
-        let mut names: Vec<_> = all.keys().cloned().collect();
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound { path: path.to_path_buf() },
+        _ => Error::file(path, e),
+    })?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
+    let view = st.tensor(name).map_err(|_| {
+        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
         names.sort();
         Error::file(path, format!("no tensor named '{name}' (found: {})", names.join(", ")))
-    })
+    })?;
+    if view.dtype() != Dtype::F32 {
+        return Err(Error::file(path, format!("tensor '{name}' has dtype {:?}; expected F32", view.dtype())));
+    }
+    let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    Ok(HostTensor { shape: view.shape().to_vec(), data })
 }
 
 /// Writes named f32 tensors, atomically (temporary file, then rename).

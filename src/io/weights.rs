@@ -105,7 +105,19 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
 
 /// The model configuration stored in a file we wrote, if any.
 pub fn read_config(path: &Path) -> Result<Option<ModelConfig>> {
-    match read_metadata(path)?.get(CONFIG_METADATA_KEY) {
+    let metadata = read_metadata(path)?;
+    if metadata.contains_key("mobilenet.train_state") {
+        let run = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        return Err(Error::file(
+            path,
+            format!(
+                "this is a training checkpoint, not weights: use the run's last.safetensors or best.safetensors \
+                 (or continue the run with `train --resume {}`)",
+                run.display()
+            ),
+        ));
+    }
+    match metadata.get(CONFIG_METADATA_KEY) {
         None => Ok(None),
         Some(json) => serde_json::from_str(json)
             .map(Some)
@@ -180,6 +192,7 @@ fn apply(mut model: MobileNet, path: &Path) -> Result<(MobileNet, ApplyResult)> 
                 .skip_enum_variants(true)
                 // torchvision's indices are already the model's (the V3 classifier's are 0 and 3).
                 .map_indices_contiguous(false);
+            check_claimed_sizes(&mut store, path)?;
             model.load_from(&mut store).map_err(|e| Error::file(path, e))?
         }
         WeightFormat::Safetensors => {
@@ -192,6 +205,28 @@ fn apply(mut model: MobileNet, path: &Path) -> Result<(MobileNet, ApplyResult)> 
         }
     };
     Ok((model, result))
+}
+
+/// Refuses a checkpoint whose tensors claim more bytes than the file holds, before anything is
+/// read: only a strided view (a stride of 0 repeating a few stored values) can do that, and
+/// materialising it would allocate what the header asks for (gigabytes from a 100 KB file).
+fn check_claimed_sizes(store: &mut PytorchStore, path: &Path) -> Result<()> {
+    use burn_store::ModuleStore;
+    let file_len = std::fs::metadata(path).map_err(|e| Error::file(path, e))?.len();
+    let tensors = store.get_all_tensors().map_err(|e| Error::file(path, e))?;
+    if let Some(t) = tensors.values().find(|t| t.byte_len() as u64 > file_len) {
+        return Err(Error::file(
+            path,
+            format!(
+                "tensor '{}' of shape {:?} claims {} bytes, more than the whole file ({file_len} bytes): \
+                 a corrupt or hostile checkpoint",
+                t.name,
+                t.shape.as_slice(),
+                t.byte_len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Turns every problem in `result` into an error, except shape mismatches under `tolerated`.

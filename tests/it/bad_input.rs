@@ -141,6 +141,28 @@ fn every_image_is_classified_or_reported_and_the_rest_go_on() {
 }
 
 #[test]
+fn training_transforms_bound_memory_on_extreme_images() {
+    use mobilenet::data::augment::{AugmentConfig, TrainCrop};
+    // A validation folder's 1x20000 strip: resized whole it would be 256 x 5,120,000.
+    let strip = mobilenet::data::Image { width: 1, height: 20000, channels: 3, pixels: vec![128; 3 * 20000] };
+    for train_crop in [TrainCrop::Pad, TrainCrop::RandomResized] {
+        let augment = AugmentConfig {
+            image_size: 32,
+            train_crop,
+            padding: 2,
+            min_scale: 0.35,
+            hflip: true,
+            eval_resize: 256,
+            mean: [0.5; 3],
+            std: [0.25; 3],
+        };
+        augment.validate().unwrap();
+        assert_eq!(augment.eval(&strip).unwrap().len(), 3 * 32 * 32);
+        assert_eq!(augment.train(&strip, 1, 0, 0).unwrap().len(), 3 * 32 * 32);
+    }
+}
+
+#[test]
 fn outputs_never_destroy_inputs_or_special_files() {
     let dir = temp_dir("bad-outputs");
     let weights = tiny_weights(&dir);
@@ -323,6 +345,21 @@ fn bad_data_and_weight_files_are_errors_naming_them() {
         assert!(max_abs_diff(&ours.data, &reference.data) <= tolerance, "{name}: {:?}", ours.data);
     }
 
+    // A checkpoint whose tensor is a 1-element storage viewed with stride 0 as 2.6e9 elements
+    // (tools/fixtures/make_hostile_pth.py): refused before 10 GB are allocated.
+    let out = run(&[
+        "infer",
+        "--model",
+        "v3_small",
+        "--weights",
+        s(&fixture("hostile_stride0.pth")),
+        "--input",
+        s(&io),
+        "--output",
+        s(&dir.join("never.safetensors")),
+    ]);
+    assert_refused(&out, &["hostile_stride0.pth", "features.0.0.weight", "more than the whole file"]);
+
     // A NaN weight: the engine says so instead of computing finite logits.
     let weights = tiny_weights(&dir);
     let mut tensors = read_tensors(&weights).unwrap();
@@ -420,6 +457,10 @@ fn a_run_killed_at_any_file_operation_resumes_to_the_same_folder() {
     let out = bin().args(["train", "--resume", s(&straight)]).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stale.exists());
+
+    // A checkpoint given as weights is named as one.
+    let out = run(&["predict", "--weights", s(&straight.join("last.ckpt")), s(&fixture("photos/chelsea.png"))]);
+    assert_refused(&out, &["last.ckpt", "training checkpoint", "last.safetensors"]);
 
     // --resume takes its settings from the checkpoint: others are refused, not ignored.
     let out = run(&["train", "--resume", s(&straight), "--lr", "0.5", "--epochs", "9"]);

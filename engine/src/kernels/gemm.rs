@@ -141,7 +141,17 @@ unsafe fn gemm_rows<S: Simd, const TILE_ROWS: usize, const ACT: u8>(g: &Gemm, m:
     let res: Option<[*const f32; TILE_ROWS]> = (!g.res.is_null()).then_some(res);
     let panel_width = 2 * S::LANES;
     let flags = (block.first, block.last);
-    for panel in block.panels.0..block.panels.1 {
+    let mut first_panel = block.panels.0;
+    if TILE_ROWS == 1 {
+        // One row (a batch-1 classifier): a tile of one panel is two FMA chains, latency-bound
+        // at a quarter of the FMA rate and one weight stream at a time. Four full panels at
+        // once are eight chains and four streams; each output's sum keeps its order.
+        while first_panel + 4 <= block.panels.1 && g.n_pad >= (first_panel + 4) * panel_width {
+            gemm_row_panels::<S, 4, ACT>(g, block, a[0], c[0], res.map(|r| r[0]), first_panel);
+            first_panel += 4;
+        }
+    }
+    for panel in first_panel..block.panels.1 {
         let b = g.b.add(panel * g.k * panel_width);
         let bias = g.bias.add(panel * panel_width);
         let c_panel: [*mut f32; TILE_ROWS] = std::array::from_fn(|r| c[r].add(panel * panel_width));
@@ -151,6 +161,54 @@ unsafe fn gemm_rows<S: Simd, const TILE_ROWS: usize, const ACT: u8>(g: &Gemm, m:
             gemm_tile::<S, TILE_ROWS, 2, ACT>(block.ks, flags, &a, b, panel_width, bias, &c_panel, res_panel.as_ref());
         } else {
             gemm_tile::<S, TILE_ROWS, 1, ACT>(block.ks, flags, &a, b, panel_width, bias, &c_panel, res_panel.as_ref());
+        }
+    }
+}
+
+/// One pixel × `PANELS` full weight panels from `panel0`, over the block's inputs: the
+/// one-row tile of [`gemm_tile`] with more panels, the same sums in the same order.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn gemm_row_panels<S: Simd, const PANELS: usize, const ACT: u8>(
+    g: &Gemm,
+    block: Block,
+    a: *const f32,
+    c: *mut f32,
+    res: Option<*const f32>,
+    panel0: usize,
+) {
+    let panel_width = 2 * S::LANES;
+    let b = g.b.add(panel0 * g.k * panel_width);
+    let c = c.add(panel0 * panel_width);
+    let mut acc = [[S::zero(); 2]; PANELS];
+    for p in 0..PANELS {
+        for j in 0..2 {
+            let at = p * panel_width + j * S::LANES;
+            acc[p][j] = if block.first { S::load(g.bias.add(panel0 * panel_width + at)) } else { S::load(c.add(at)) };
+        }
+    }
+    for input in block.ks.0..block.ks.1 {
+        let a_value = S::splat(*a.add(input));
+        for p in 0..PANELS {
+            let b_row = b.add((p * g.k + input) * panel_width);
+            for j in 0..2 {
+                acc[p][j] = S::fma(a_value, S::load(b_row.add(j * S::LANES)), acc[p][j]);
+            }
+        }
+    }
+    for p in 0..PANELS {
+        for j in 0..2 {
+            let at = p * panel_width + j * S::LANES;
+            let y = if block.last {
+                let y = activate::<S, ACT>(acc[p][j]);
+                match res {
+                    Some(res) => S::add(y, S::load(res.add(panel0 * panel_width + at))),
+                    None => y,
+                }
+            } else {
+                acc[p][j]
+            };
+            S::store(c.add(at), y);
         }
     }
 }
@@ -381,10 +439,12 @@ mod tests {
                 Isa::Avx2 => 6,
                 Isa::Portable => 4,
             };
-            for case in 0..40 {
-                let (h, w) = (rng.range(1, 7), rng.range(1, 9));
+            for case in 0..60 {
+                // One pixel (a batch-1 classifier: the one-row tile over four panels) every
+                // fifth case.
+                let (h, w) = if case % 5 == 0 { (1, 1) } else { (rng.range(1, 7), rng.range(1, 9)) };
                 let k = if case % 3 == 0 { rng.range(200, 600) } else { rng.range(1, 90) };
-                let n = if case % 4 == 0 { rng.range(60, 140) } else { rng.range(1, 40) };
+                let n = if case % 4 == 0 || case % 5 == 0 { rng.range(60, 200) } else { rng.range(1, 40) };
                 let act = acts[rng.range(0, 3)];
                 let residual = case % 2 == 1;
                 let a_pad = rng.range(0, 1);

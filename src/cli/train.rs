@@ -268,7 +268,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if let Some(init) = &config.init {
         crate::io::weights::detect_format(init)?;
     }
-    config.output = training::checkpoint::claim_run_dir(args.output.as_deref(), Path::new("runs"), config.model.spec.arch)?;
+    config.output =
+        training::checkpoint::claim_run_dir(args.output.as_deref(), Path::new("runs"), config.model.spec.arch)?;
     let outcome = training::run(training::Start::Fresh(Box::new(config)), &device)?;
     report(&outcome)
 }

@@ -156,6 +156,7 @@ struct RunState {
 
 impl RunState {
     fn fresh(config: TrainConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
         std::fs::create_dir_all(&config.output).map_err(|e| Error::file(&config.output, e))?;
         // The initial weights (and a replaced classifier) come from the seeded generator too.
         device.seed(config.seed);
@@ -197,8 +198,7 @@ impl RunState {
         let mut config = ckpt.config;
         config.output = dir.to_path_buf();
         let ema = Ema::new(&config, ckpt.ema, &ckpt.model, ckpt.progress.ema_updates);
-        let state =
-            Self { config, model: ckpt.model, optimizer: ckpt.optimizer, ema, progress: ckpt.progress, rows };
+        let state = Self { config, model: ckpt.model, optimizer: ckpt.optimizer, ema, progress: ckpt.progress, rows };
         state.regenerate_missing(&path)?;
         Ok(state)
     }

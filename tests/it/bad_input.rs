@@ -51,7 +51,7 @@ fn idx_data(dir: &Path, n_train: usize, n_val: usize, classes: u8) {
             // A class-dependent pattern plus noise: something to learn.
             images.extend((0..784u32).map(|p| {
                 let noise = (p.wrapping_mul(2654435761).wrapping_add(i * 97 + salt) >> 24) as u8 / 4;
-                if (p / 28) as u8 % (label + 2) == 0 {
+                if ((p / 28) as u8).is_multiple_of(label + 2) {
                     180 + noise
                 } else {
                     noise

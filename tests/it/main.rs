@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod cpu_trainer;
 mod engine;
+mod fuzz;
 mod optim;
 mod parity;
 mod predict;

@@ -13,6 +13,7 @@ use crate::data::augment::{AugmentConfig, TrainCrop};
 use crate::data::preprocess::Preprocess;
 use crate::io::weights;
 use crate::models::{Arch, ModelConfig};
+use crate::inference::backend::Backend;
 use crate::training::evaluate::{evaluate_with, recalibrate_bn, EvalResult};
 use crate::training::optim::{OptimizerConfig, OptimizerKind};
 use crate::training::schedule::{Schedule, ScheduleKind};
@@ -111,9 +112,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     pub recalibrate_bn: usize,
     /// Who computes the steps: the hand-written CPU trainer (engine: CPU only, several times
-    /// faster, no --ema-decay or --freeze-bn yet) or burn (on --device) [default: engine on the
-    /// CPU when the run needs nothing it lacks, else burn].
-    #[arg(long = "train-backend", value_enum)]
+    /// faster) or burn (on --device) [default: engine on the CPU, burn on a GPU]. With --resume:
+    /// continue the run on this path (both read and write the same checkpoints).
+    #[arg(long = "train-backend", alias = "backend", value_enum)]
     pub train_backend: Option<TrainBackend>,
     /// The options given on the command line (clap ids), filled in by `cli::parse`.
     #[arg(skip)]
@@ -165,6 +166,14 @@ pub struct RecalibrateArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Who runs the train-mode forward passes: the CPU trainer (engine) or burn [default:
+    /// engine; burn on a GPU --device].
+    #[arg(long, value_enum, default_value_t = TrainBackend::Engine)]
+    pub backend: TrainBackend,
+}
+
+fn on_cpu(device: &DeviceArgs) -> bool {
+    matches!(device.device.as_str(), "cpu" | "flex")
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -185,7 +194,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 ignored.join(", ")
             );
         }
-        let outcome = training::run(training::Start::Resume(dir.to_path_buf()), &device)?;
+        if args.train_backend == Some(TrainBackend::Engine) && !on_cpu(&args.device) {
+            bail!("--train-backend engine runs on the CPU; use --train-backend burn with --device {}", args.device.device)
+        }
+        let start = training::Start::Resume { dir: dir.to_path_buf(), backend: args.train_backend };
+        let outcome = training::run(start, &device)?;
         return report(&outcome);
     }
     let splits = data::load_spec(&args.data.data)?;
@@ -223,7 +236,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         OptimizerKind::Rmsproptf => 0.016,
         OptimizerKind::Adamw => 1e-3,
     });
-    let on_cpu = matches!(args.device.device.as_str(), "cpu" | "flex");
+    let on_cpu = on_cpu(&args.device);
     let backend = match args.train_backend {
         Some(TrainBackend::Engine) if !on_cpu => {
             bail!(
@@ -232,7 +245,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             )
         }
         Some(backend) => backend,
-        None if on_cpu && args.ema_decay.is_none() && !args.freeze_bn => TrainBackend::Engine,
+        None if on_cpu => TrainBackend::Engine,
         None => TrainBackend::Burn,
     };
     let config = TrainConfig {
@@ -363,7 +376,22 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let val_set = Arc::new(splits.val);
     if args.recalibrate_bn > 0 {
         check_recalibration("--recalibrate-bn", args.recalibrate_bn, args.batch_size, train_set.len())?;
-        model = recalibrate_bn(model, &train_set, &augment, args.recalibrate_bn, args.batch_size, args.seed, &device)?;
+        // On the CPU trainer when inference runs on the CPU engine.
+        let backend = if on_cpu(&args.device) && args.backend.backend == Backend::Engine {
+            TrainBackend::Engine
+        } else {
+            TrainBackend::Burn
+        };
+        model = recalibrate_bn(
+            model,
+            &train_set,
+            &augment,
+            args.recalibrate_bn,
+            args.batch_size,
+            args.seed,
+            backend,
+            &device,
+        )?;
     }
     let bar = indicatif::ProgressBar::new(val_set.len() as u64);
     let runner = args.backend.runner(model, &device, Some(&args.device))?;
@@ -397,7 +425,12 @@ pub fn recalibrate(args: RecalibrateArgs) -> anyhow::Result<()> {
     let (model, augment) = load_for_data(&args.model, &args.data, &args.weights, &splits, &device)?;
     let train_set = Arc::new(splits.train);
     check_recalibration("--batches", args.batches, args.batch_size, train_set.len())?;
-    let model = recalibrate_bn(model, &train_set, &augment, args.batches, args.batch_size, args.seed, &device)?;
+    let backend = match args.backend {
+        TrainBackend::Engine if !on_cpu(&args.device) => TrainBackend::Burn,
+        backend => backend,
+    };
+    let model =
+        recalibrate_bn(model, &train_set, &augment, args.batches, args.batch_size, args.seed, backend, &device)?;
     weights::save_with_metadata(&model, &args.output, &[augment.eval_preprocess().to_metadata()])
         .with_context(|| format!("writing {}", args.output.display()))?;
     eprintln!("recalibrated BatchNorm statistics over {} batches; wrote {}", args.batches, args.output.display());

@@ -15,6 +15,8 @@ use crate::error::Result;
 use crate::inference::backend::{Backend, Runner};
 use crate::io::params;
 use crate::models::MobileNet;
+use crate::training::config::TrainBackend;
+use crate::training::cpu;
 
 /// Cross-entropy over logits with label smoothing ε (torch's definition):
 /// (1 - ε) · NLL + ε · mean over classes of -log p. Mean over the batch.
@@ -108,16 +110,32 @@ pub fn evaluate_with(
 }
 
 /// −log softmax(z)[label], in f64 (log-sum-exp with the max subtracted).
-fn host_cross_entropy(z: &[f32], label: usize) -> f64 {
+pub(crate) fn host_cross_entropy(z: &[f32], label: usize) -> f64 {
     let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let lse = max + z.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
     lse - z.get(label).copied().unwrap_or(f32::NAN) as f64
+}
+
+/// The batches BatchNorm recalibration averages over: `batches` of `batch_size` training
+/// images with the evaluation transform, in a fixed order from `seed`.
+pub fn recalibration_batches(
+    data: &Arc<Dataset>,
+    augment: &AugmentConfig,
+    batches: usize,
+    batch_size: usize,
+    seed: u64,
+) -> impl Iterator<Item = Result<Batch>> {
+    let order = loader::epoch_order(data.len(), seed, usize::MAX);
+    let take = (batches * batch_size).min(order.len());
+    loader::spawn(data.clone(), *augment, order[..take].to_vec(), batch_size, Mode::Eval).into_iter()
 }
 
 /// Recomputes every BatchNorm's running statistics over `batches` training batches (evaluation
 /// transform, fixed order from `seed`), with the weights frozen: the running mean and variance
 /// become the plain average of the per-batch statistics, as `momentum=None` does in torch.
 /// This removes the lag of slow running averages (V3's momentum 0.01) behind the weights.
+/// On the CPU trainer ([`TrainBackend::Engine`]) or burn on `device`.
+#[allow(clippy::too_many_arguments)]
 pub fn recalibrate_bn(
     model: MobileNet,
     data: &Arc<Dataset>,
@@ -125,6 +143,20 @@ pub fn recalibrate_bn(
     batches: usize,
     batch_size: usize,
     seed: u64,
+    backend: TrainBackend,
+    device: &Device,
+) -> Result<MobileNet> {
+    let source = recalibration_batches(data, augment, batches, batch_size, seed);
+    match backend {
+        TrainBackend::Engine => cpu::recalibrate_bn(model, source, batch_size, augment.image_size),
+        TrainBackend::Burn => recalibrate_bn_burn(model, source, device),
+    }
+}
+
+/// [`recalibrate_bn`] on burn.
+pub fn recalibrate_bn_burn(
+    model: MobileNet,
+    batches: impl Iterator<Item = Result<Batch>>,
     device: &Device,
 ) -> Result<MobileNet> {
     let model = model.valid();
@@ -134,12 +166,9 @@ pub fn recalibrate_bn(
     let values = params::collect(&model);
     let probe = MobileNet::new(&config, device)?;
     let probe = params::map(probe, |path, _| values.get(path).map(|f| f.value.clone())).train_mode();
-    let order = loader::epoch_order(data.len(), seed, usize::MAX);
-    let take = (batches * batch_size).min(order.len());
-    let rx = loader::spawn(data.clone(), *augment, order[..take].to_vec(), batch_size, Mode::Eval);
     let mut sums: std::collections::BTreeMap<String, Tensor<1>> = Default::default();
     let mut count = 0usize;
-    for batch in rx {
+    for batch in batches {
         let batch = batch?;
         if batch.len() < 2 {
             continue;

@@ -3,7 +3,8 @@
 //! - [`config`]: [`TrainConfig`], what defines a run (stored in every checkpoint).
 //! - [`metrics`]: per-epoch metrics and `metrics.csv`.
 //! - [`trainer`]: the loop, started fresh or resumed ([`trainer::Start`]).
-//! - [`cpu`]: the loop's steps on the CPU trainer (`--backend engine`) instead of burn.
+//! - [`cpu`]: the loop's steps on the CPU trainer (`--train-backend engine`) instead of burn.
+//! - [`ema`]: the weight EMA, one rule for both step paths.
 //! - [`checkpoint`]: atomic checkpoints (weights, optimizer state, EMA, progress).
 //! - [`optim`]: SGD-Nesterov, RMSProp-TF, AdamW, weight-decay exclusions, clipping.
 //! - [`schedule`]: learning-rate schedules with warmup.
@@ -15,6 +16,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod curves;
+pub mod ema;
 pub mod evaluate;
 pub mod metrics;
 pub mod op_profile;

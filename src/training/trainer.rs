@@ -15,13 +15,17 @@ use crate::data::loader::{self, Batch, Mode};
 use crate::data::preprocess::Preprocess;
 use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
+use crate::inference::backend::{Backend, Runner};
 use crate::io::{params, weights};
 use crate::models::MobileNet;
 use crate::training::checkpoint::{self, Progress};
 use crate::training::config::{TrainBackend, TrainConfig};
 use crate::training::cpu::CpuSteps;
 use crate::training::curves;
-use crate::training::evaluate::{cross_entropy, evaluate, recalibrate_bn, train_eval_gap, EvalResult};
+use crate::training::ema::Ema;
+use crate::training::evaluate::{
+    cross_entropy, evaluate_with, recalibrate_bn_burn, recalibration_batches, train_eval_gap, EvalResult,
+};
 use crate::training::metrics::{read_metrics, write_metrics, EpochMetrics};
 use crate::training::optim::Optimizer;
 
@@ -46,38 +50,6 @@ fn set_bn_training(model: MobileNet, training: bool) -> MobileNet {
         }
     }
     model.map(&mut BnFlags { training, containers: Vec::new() })
-}
-
-/// The weight EMA: a plain-device copy updated after every optimizer step.
-struct Ema {
-    model: Option<MobileNet>,
-    decay: f64,
-    warmup: bool,
-    updates: u64,
-}
-
-impl Ema {
-    /// The run's EMA (when it has one): `stored` from a checkpoint, or a copy of `model`.
-    fn new(config: &TrainConfig, stored: Option<MobileNet>, model: &MobileNet, updates: u64) -> Option<Self> {
-        config.ema_decay.map(|decay| Ema {
-            model: Some(stored.unwrap_or_else(|| model.valid().eval_mode())),
-            decay,
-            warmup: config.ema_warmup,
-            updates,
-        })
-    }
-
-    fn update(&mut self, model: &MobileNet) {
-        self.updates += 1;
-        let t = self.updates as f64;
-        let d = if self.warmup { self.decay.min((1.0 + t) / (10.0 + t)) } else { self.decay };
-        let current = params::collect(model);
-        let ema = self.model.take().expect("ema model");
-        // Running statistics are averaged too (torchvision's `use_buffers=True`).
-        self.model = Some(params::map(ema, |path, flat| {
-            current.get(path).map(|c| flat.value.clone().mul_scalar(d) + c.value.clone().mul_scalar(1.0 - d))
-        }));
-    }
 }
 
 /// Where a run ended.
@@ -140,8 +112,9 @@ fn save_weights(model: &MobileNet, config: &TrainConfig, path: &Path) -> Result<
 pub enum Start {
     /// A new run with this configuration (its output folder is created).
     Fresh(Box<TrainConfig>),
-    /// The run in this folder, from its `last.ckpt`, exactly where it stopped.
-    Resume(PathBuf),
+    /// The run in folder `dir`, from its `last.ckpt`, exactly where it stopped; on its own step
+    /// path, or on `backend` (both paths read and write the same checkpoints).
+    Resume { dir: PathBuf, backend: Option<TrainBackend> },
 }
 
 /// A run between two epochs: everything a checkpoint holds.
@@ -285,7 +258,18 @@ struct EpochTraining {
 pub fn run(start: Start, device: &Device) -> Result<Outcome> {
     let mut state = match start {
         Start::Fresh(config) => RunState::fresh(*config, device)?,
-        Start::Resume(dir) => RunState::resume(&dir, device)?,
+        Start::Resume { dir, backend } => {
+            let mut state = RunState::resume(&dir, device)?;
+            if let Some(backend) = backend.filter(|&b| b != state.config.backend) {
+                eprintln!(
+                    "resuming on the {} step path (the run began on {})",
+                    backend.name(),
+                    state.config.backend.name()
+                );
+                state.config.backend = backend;
+            }
+            state
+        }
     };
     let data = RunData::load(&state.config)?;
     let trainable = trainable_filter(&state.model, &state.config);
@@ -298,7 +282,7 @@ pub fn run(start: Start, device: &Device) -> Result<Outcome> {
     // The CPU trainer holds the weights during epochs on the engine path.
     let mut cpu = match state.config.backend {
         TrainBackend::Burn => None,
-        TrainBackend::Engine => Some(CpuSteps::new(&state.config, &state.model, &state.optimizer)?),
+        TrainBackend::Engine => Some(CpuSteps::new(&state.config, &state.model, &state.optimizer, state.ema.as_ref())?),
     };
     for epoch in state.progress.epochs_done..state.config.epochs {
         let started = Instant::now();
@@ -307,18 +291,17 @@ pub fn run(start: Start, device: &Device) -> Result<Outcome> {
             None => train_epoch(state, &data, epoch, &trainable, device)?,
             Some(cpu) => {
                 let (mut state, training) = train_epoch_cpu(state, &data, epoch, &trainable, cpu)?;
-                state.model = cpu.write_back(state.model, &mut state.optimizer, &plain)?;
+                state.model = cpu.write_back(state.model, &mut state.optimizer, state.ema.as_mut(), &plain)?;
                 (state, training)
             }
         };
-        let eval_model = evaluation_model(&state, &data, &plain)?;
-        let row = evaluate_epoch(&state, &data, &eval_model, epoch, &training, started, &plain)?;
+        let eval_model = evaluation_model(&state, &data, &plain, cpu.as_mut())?;
+        let row = evaluate_epoch(&state, &data, &eval_model, epoch, &training, started, &plain, cpu.as_mut())?;
         report_epoch(&state.config, &row);
         save_epoch(&mut state, row, &eval_model)?;
     }
-    let final_model = evaluation_model(&state, &data, &plain)?;
-    let final_eval =
-        evaluate(&final_model, &data.val, &state.config.augment, eval_batch(&state.config), &plain, |_| {})?;
+    let final_model = evaluation_model(&state, &data, &plain, cpu.as_mut())?;
+    let final_eval = evaluate_on(&state.config, &final_model, &data.val, &plain)?;
     Ok(Outcome { output: state.config.output, metrics: state.rows, final_eval })
 }
 
@@ -334,10 +317,7 @@ fn announce(state: &RunState, data: &RunData) {
         data.val.len(),
         config.epochs,
         config.batch_size,
-        match config.backend {
-            TrainBackend::Burn => "burn",
-            TrainBackend::Engine => "the CPU trainer",
-        },
+        config.backend.name(),
         config.output.display()
     );
     if state.progress.epochs_done > 0 {
@@ -442,14 +422,15 @@ fn train_epoch(
 
 /// One epoch on the CPU trainer (`--train-backend engine`).
 fn train_epoch_cpu(
-    state: RunState,
+    mut state: RunState,
     data: &RunData,
     epoch: usize,
     trainable: &dyn Fn(&str) -> bool,
     cpu: &mut CpuSteps,
 ) -> Result<(RunState, EpochTraining)> {
     cpu.start_epoch(state.config.seed, epoch);
-    let t = epoch_steps(&state.config, data, epoch, |batch, lr| cpu.step(batch, lr, trainable))?;
+    let (config, ema) = (&state.config, &mut state.ema);
+    let t = epoch_steps(config, data, epoch, |batch, lr| cpu.step(batch, lr, trainable, ema.as_mut()))?;
     Ok((state, t))
 }
 
@@ -457,14 +438,31 @@ fn eval_batch(config: &TrainConfig) -> usize {
     config.batch_size.max(64)
 }
 
-/// The weights as evaluated and saved: eval mode, BatchNorm recalibrated when asked.
-fn evaluation_model(state: &RunState, data: &RunData, plain: &Device) -> Result<MobileNet> {
+/// The weights as evaluated and saved: eval mode, BatchNorm recalibrated when asked (on the
+/// run's CPU trainer when it has one).
+fn evaluation_model(state: &RunState, data: &RunData, plain: &Device, cpu: Option<&mut CpuSteps>) -> Result<MobileNet> {
     let config = &state.config;
     let model = state.model.valid();
     if config.recalibrate_bn == 0 {
         return Ok(model);
     }
-    recalibrate_bn(model, &data.train, &config.augment, config.recalibrate_bn, config.batch_size, config.seed, plain)
+    let batches =
+        recalibration_batches(&data.train, &config.augment, config.recalibrate_bn, config.batch_size, config.seed);
+    match cpu {
+        Some(cpu) => cpu.recalibrated(model, batches),
+        None => recalibrate_bn_burn(model, batches, plain),
+    }
+}
+
+/// Validation of `model`: on the inference engine when the run trains on the CPU trainer, else
+/// on burn (`plain`: the run's device without autodiff).
+fn evaluate_on(config: &TrainConfig, model: &MobileNet, data: &Arc<Dataset>, plain: &Device) -> Result<EvalResult> {
+    let backend = match config.backend {
+        TrainBackend::Engine => Backend::Engine,
+        TrainBackend::Burn => Backend::Burn,
+    };
+    let runner = Runner::new(model.valid(), backend, plain, 0)?;
+    evaluate_with(&runner, data, &config.augment, eval_batch(config), |_| {})
 }
 
 /// Validation of the weights and the EMA, and the BatchNorm-lag probe: the epoch's metrics row.
@@ -476,16 +474,18 @@ fn evaluate_epoch(
     t: &EpochTraining,
     started: Instant,
     plain: &Device,
+    cpu: Option<&mut CpuSteps>,
 ) -> Result<EpochMetrics> {
     let config = &state.config;
-    let val = evaluate(eval_model, &data.val, &config.augment, eval_batch(config), plain, |_| {})?;
+    let val = evaluate_on(config, eval_model, &data.val, plain)?;
     let ema_val = match state.ema_model() {
-        Some(m) => Some(evaluate(m, &data.val, &config.augment, eval_batch(config), plain, |_| {})?),
+        Some(m) => Some(evaluate_on(config, m, &data.val, plain)?),
         None => None,
     };
-    let (probe_train, probe_eval) = match &t.probe_batch {
-        Some(batch) => train_eval_gap(&state.model, batch, plain),
-        None => (f64::NAN, f64::NAN),
+    let (probe_train, probe_eval) = match (&t.probe_batch, cpu) {
+        (Some(batch), Some(cpu)) => cpu.train_eval_gap(batch)?,
+        (Some(batch), None) => train_eval_gap(&state.model, batch, plain),
+        (None, _) => (f64::NAN, f64::NAN),
     };
     warn_bn_lag(config, probe_train, probe_eval);
     Ok(EpochMetrics {

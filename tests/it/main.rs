@@ -13,4 +13,5 @@ mod parity;
 mod predict;
 mod summary;
 mod train;
+mod train_paths;
 mod weights;

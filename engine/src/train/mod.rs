@@ -181,6 +181,14 @@ impl TrainConfig {
     }
 }
 
+/// A BatchNorm recalibration in progress: the sums of the batches' statistics.
+#[derive(Debug)]
+pub struct BnAverage {
+    ids: Vec<usize>,
+    sums: Vec<Vec<f64>>,
+    count: usize,
+}
+
 /// A model being trained: see the module documentation.
 pub struct Trainer {
     plan: Plan,
@@ -477,27 +485,46 @@ impl Trainer {
     /// BatchNorm recalibration: every running mean and variance becomes the plain average of
     /// the batch statistics over `batches` (NCHW, at least 2 images each), weights untouched,
     /// as torch does with `momentum=None`. Returns the number of batches used (none: the
-    /// statistics are unchanged).
+    /// statistics are unchanged). [`Trainer::start_bn_average`] does the same one batch at a time.
     pub fn recalibrate_bn<'a>(&mut self, batches: impl IntoIterator<Item = &'a [f32]>) -> Result<usize> {
-        let stats: Vec<usize> = (0..self.params.entries().len())
+        let mut average = self.start_bn_average();
+        for images in batches {
+            self.add_bn_batch(&mut average, images)?;
+        }
+        Ok(self.finish_bn_average(average))
+    }
+
+    /// Starts a BatchNorm recalibration fed batch by batch ([`Trainer::add_bn_batch`],
+    /// [`Trainer::finish_bn_average`]).
+    pub fn start_bn_average(&self) -> BnAverage {
+        let ids: Vec<usize> = (0..self.params.entries().len())
             .filter(|&id| self.params.entries()[id].kind == ParamKind::Buffer)
             .collect();
-        let mut sums: Vec<Vec<f64>> = stats.iter().map(|&id| vec![0.0; self.params.value(id).len()]).collect();
-        let mut count = 0usize;
-        for images in batches {
-            self.forward_batch_stats(images, Some(1.0))?;
-            for (&id, sum) in stats.iter().zip(&mut sums) {
-                sum.iter_mut().zip(self.params.value(id)).for_each(|(s, &v)| *s += v as f64);
-            }
-            count += 1;
+        let sums = ids.iter().map(|&id| vec![0.0; self.params.value(id).len()]).collect();
+        BnAverage { ids, sums, count: 0 }
+    }
+
+    /// Adds one batch's statistics to the average (the running statistics hold this batch's
+    /// until [`Trainer::finish_bn_average`]).
+    pub fn add_bn_batch(&mut self, average: &mut BnAverage, images: &[f32]) -> Result<()> {
+        self.forward_batch_stats(images, Some(1.0))?;
+        for (&id, sum) in average.ids.iter().zip(&mut average.sums) {
+            sum.iter_mut().zip(self.params.value(id)).for_each(|(s, &v)| *s += v as f64);
         }
-        if count > 0 {
-            for (&id, sum) in stats.iter().zip(&sums) {
+        average.count += 1;
+        Ok(())
+    }
+
+    /// Sets the running statistics to the average (unless no batch was added) and returns the
+    /// number of batches.
+    pub fn finish_bn_average(&mut self, average: BnAverage) -> usize {
+        if average.count > 0 {
+            for (&id, sum) in average.ids.iter().zip(&average.sums) {
                 let values = self.params.value_mut(id);
-                values.iter_mut().zip(sum).for_each(|(v, s)| *v = (s / count as f64) as f32);
+                values.iter_mut().zip(sum).for_each(|(v, s)| *v = (s / average.count as f64) as f32);
             }
         }
-        Ok(count)
+        average.count
     }
 
     /// Rebuilds the layers' packed weights from the store if a value changed.

@@ -144,7 +144,7 @@ pub fn publish(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Whether the process with this id is still running (on systems without `/proc`, assumed so).
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

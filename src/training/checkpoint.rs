@@ -225,13 +225,45 @@ pub fn publish_epoch(out: &Path, epochs_done: usize) -> Result<()> {
         }
         std::fs::remove_dir_all(&stage).map_err(|e| Error::file(&stage, e))?;
     }
+    // Once an epoch is committed, last.ckpt marks the folder as taken.
+    let _ = std::fs::remove_file(out.join(CLAIM));
     Ok(())
 }
 
 /// Whether `name` is a file or folder this program leaves only transiently (staging folders,
 /// temporary files), which a fresh run may take over.
 fn transient(name: &str) -> bool {
-    name.starts_with(STAGE_PREFIX) || (name.starts_with('.') && name.contains(".tmp-"))
+    name == CLAIM || name.starts_with(STAGE_PREFIX) || (name.starts_with('.') && name.contains(".tmp-"))
+}
+
+/// The marker a run starting in an explicit `--output` folder holds until its first epoch is
+/// committed (then `last.ckpt` marks the folder as taken): the id of the claiming process.
+const CLAIM: &str = ".claim";
+
+/// Takes `dir` for this process: creates [`CLAIM`] exclusively, replacing one left by a process
+/// that is no longer running.
+fn claim_marker(dir: &Path) -> Result<()> {
+    let marker = dir.join(CLAIM);
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
+            Ok(mut file) => {
+                use std::io::Write;
+                return file.write_all(std::process::id().to_string().as_bytes()).map_err(|e| Error::file(&marker, e));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&marker).ok().and_then(|t| t.trim().parse::<u32>().ok());
+                if owner.is_some_and(crate::io::atomic::process_alive) {
+                    return Err(Error::file(
+                        dir,
+                        format!("another run (process {}) is starting in this folder", owner.unwrap_or(0)),
+                    ));
+                }
+                let _ = std::fs::remove_file(&marker);
+            }
+            Err(e) => return Err(Error::file(&marker, e)),
+        }
+    }
+    Err(Error::file(dir, "another run is starting in this folder"))
 }
 
 /// The folder a new run writes into, claimed so that no other run can take it: the given
@@ -257,28 +289,30 @@ pub fn claim_run_dir(output: Option<&Path>, runs: &Path, arch: crate::models::Ar
             format!("already holds a run: continue it with --resume {}, or choose another --output", dir.display()),
         ));
     }
-    if std::fs::symlink_metadata(dir).is_ok() {
-        if !dir.is_dir() {
-            return Err(Error::file(dir, "--output must be a folder"));
-        }
+    if std::fs::symlink_metadata(dir).is_ok() && !dir.is_dir() {
+        return Err(Error::file(dir, "--output must be a folder"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
+    claim_marker(dir)?;
+    {
         let entries = std::fs::read_dir(dir).map_err(|e| Error::file(dir, e))?;
         let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
         names.sort();
         if let Some(first) = names.iter().find(|n| !transient(n)) {
+            let _ = std::fs::remove_file(dir.join(CLAIM));
             return Err(Error::file(
                 dir,
                 format!(
                     "--output is not empty ({first}{}) and holds no run (no last.ckpt): refusing to overwrite \
                      what is there; choose a new or empty folder",
-                    if names.len() > 1 { ", …" } else { "" }
+                    if names.iter().filter(|n| !transient(n)).count() > 1 { ", …" } else { "" }
                 ),
             ));
         }
-        for name in names {
+        for name in names.into_iter().filter(|n| n != CLAIM) {
             let path = dir.join(name);
             let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         }
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     Ok(dir.to_path_buf())
 }

@@ -394,6 +394,21 @@ fn concurrent_runs_claim_different_folders() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 8, "{claimed:?}");
+    // The same explicit --output: one run gets it, the others are told it is taken.
+    let dir = dir.join("same");
+    let claims: Vec<Result<PathBuf, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                scope.spawn(|| {
+                    mobilenet::training::checkpoint::claim_run_dir(Some(&dir), &runs, mobilenet::Arch::V3Small)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(claims.iter().filter(|c| c.is_ok()).count(), 1, "{claims:?}");
+    assert!(claims.iter().filter_map(|c| c.as_ref().err()).all(|e| e.contains("another run")), "{claims:?}");
 }
 
 /// The files of a finished run folder that must not depend on timing: tensors of the

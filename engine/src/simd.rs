@@ -107,6 +107,9 @@ pub trait Simd: Copy {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+    /// A hint to bring the cache line at `p` into L1 (none where the ISA has no such hint).
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
 }
 
 #[cfg(engine_x86)]
@@ -160,6 +163,10 @@ mod x86 {
         unsafe fn min(a: __m512, b: __m512) -> __m512 {
             _mm512_min_ps(a, b)
         }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const f32) {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
+        }
     }
 
     #[derive(Clone, Copy)]
@@ -204,6 +211,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn min(a: __m256, b: __m256) -> __m256 {
             _mm256_min_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const f32) {
+            _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
         }
     }
 }

@@ -11,9 +11,9 @@ use crate::cli::args::{BackendArgs, DataArgs, DeviceArgs, ModelArgs};
 use crate::data;
 use crate::data::augment::{AugmentConfig, TrainCrop};
 use crate::data::preprocess::Preprocess;
+use crate::inference::backend::Backend;
 use crate::io::weights;
 use crate::models::{Arch, ModelConfig};
-use crate::inference::backend::Backend;
 use crate::training::evaluate::{evaluate_with, recalibrate_bn, EvalResult};
 use crate::training::optim::{OptimizerConfig, OptimizerKind};
 use crate::training::schedule::{Schedule, ScheduleKind};
@@ -195,7 +195,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             );
         }
         if args.train_backend == Some(TrainBackend::Engine) && !on_cpu(&args.device) {
-            bail!("--train-backend engine runs on the CPU; use --train-backend burn with --device {}", args.device.device)
+            bail!(
+                "--train-backend engine runs on the CPU; use --train-backend burn with --device {}",
+                args.device.device
+            )
         }
         let start = training::Start::Resume { dir: dir.to_path_buf(), backend: args.train_backend };
         let outcome = training::run(start, &device)?;
@@ -455,6 +458,12 @@ pub struct CompareArgs {
 /// Plots several runs' validation curves in one chart and prints their last epochs.
 pub fn compare(args: CompareArgs) -> anyhow::Result<()> {
     use crate::training::curves::{line_chart, Panel, Series, COLORS};
+    let inputs: Vec<PathBuf> = args.runs.iter().map(|r| r.join("metrics.csv")).collect();
+    crate::io::atomic::check_output(
+        "--output",
+        &args.output,
+        &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
     let labels: Vec<String> = match &args.labels {
         Some(l) if l.len() == args.runs.len() => l.clone(),
         Some(l) => bail!("{} labels for {} runs", l.len(), args.runs.len()),

@@ -514,6 +514,8 @@ fn a_run_killed_at_any_file_operation_resumes_to_the_same_folder() {
     let out = run(&["compare-runs", s(&broken), "--output", s(&dir.join("compare.png"))]);
     assert_refused(&out, &["metrics.csv", "line 2"]);
     assert_refused(&run(&["train", "--resume", s(&broken)]), &["metrics.csv", "line 2"]);
+    let out = run(&["compare-runs", s(&straight), "--output", s(&straight.join("metrics.csv"))]);
+    assert_refused(&out, &["metrics.csv", "is the input"]);
     let out = run(&["compare-runs", s(&dir.join("missing-run"))]);
     assert_refused(&out, &["missing-run", "no such run folder"]);
 }

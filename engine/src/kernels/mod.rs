@@ -42,7 +42,7 @@ pub use direct_conv::direct_conv;
 pub use gemm::{band_max_a_bytes, gemm, pack_gemm_weights, weights_exceed_l2, Gemm};
 pub use peak::fma_peak_gmacs;
 pub use pooling::mean_pool;
-pub use squeeze_excite::{squeeze_excite, SqueezeExcite};
+pub use squeeze_excite::{pack_vec_mat, squeeze_excite, SqueezeExcite};
 
 /// Where one image's activation map lives in its buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -141,6 +141,9 @@ impl Builder<'_> {
                 fc2[s * c_pad + c] = w2[c * squeeze + s];
             }
         }
+        // Each in the order the kernel streams it (pass by pass).
+        let fc1 = crate::kernels::pack_vec_mat(&fc1, channels, squeeze_pad, self.lanes);
+        let fc2 = crate::kernels::pack_vec_mat(&fc2, squeeze, c_pad, self.lanes);
         self.layers.push(Layer::SqueezeExcite {
             map,
             channels,

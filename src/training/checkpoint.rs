@@ -240,30 +240,39 @@ fn transient(name: &str) -> bool {
 /// committed (then `last.ckpt` marks the folder as taken): the id of the claiming process.
 const CLAIM: &str = ".claim";
 
-/// Takes `dir` for this process: creates [`CLAIM`] exclusively, replacing one left by a process
-/// that is no longer running.
+/// Takes `dir` for this process: creates [`CLAIM`] exclusively, with its content (a hard link
+/// of a temporary file holding the process id, so no one reads it half-written), replacing one
+/// left by a process that is no longer running.
 fn claim_marker(dir: &Path) -> Result<()> {
     let marker = dir.join(CLAIM);
+    // Unique per call (several threads of one process may claim at once).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = crate::io::atomic::temp_path(&dir.join(format!("{CLAIM}.{call}")))?;
+    std::fs::write(&tmp, std::process::id().to_string()).map_err(|e| Error::file(&tmp, e))?;
+    let mut result = Err(Error::file(dir, "another run is starting in this folder"));
     for _ in 0..2 {
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
-            Ok(mut file) => {
-                use std::io::Write;
-                return file.write_all(std::process::id().to_string().as_bytes()).map_err(|e| Error::file(&marker, e));
+        match std::fs::hard_link(&tmp, &marker) {
+            Ok(()) => {
+                result = Ok(());
+                break;
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                 let owner = std::fs::read_to_string(&marker).ok().and_then(|t| t.trim().parse::<u32>().ok());
-                if owner.is_some_and(crate::io::atomic::process_alive) {
-                    return Err(Error::file(
-                        dir,
-                        format!("another run (process {}) is starting in this folder", owner.unwrap_or(0)),
-                    ));
+                if let Some(pid) = owner.filter(|&pid| crate::io::atomic::process_alive(pid)) {
+                    result = Err(Error::file(dir, format!("another run (process {pid}) is starting in this folder")));
+                    break;
                 }
                 let _ = std::fs::remove_file(&marker);
             }
-            Err(e) => return Err(Error::file(&marker, e)),
+            Err(e) => {
+                result = Err(Error::file(&marker, e));
+                break;
+            }
         }
     }
-    Err(Error::file(dir, "another run is starting in this folder"))
+    let _ = std::fs::remove_file(&tmp);
+    result
 }
 
 /// The folder a new run writes into, claimed so that no other run can take it: the given

@@ -157,11 +157,7 @@ pub(super) fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
                     return;
                 }
                 optimizer.steps += 1;
-                trainer.update(|key, value, grad| {
-                    let p = HostVector(value.to_vec());
-                    let next = optimizer.update_vector(key, p, ranks[key], HostVector(grad.to_vec()), 0.1);
-                    value.copy_from_slice(&next.0);
-                });
+                trainer.update(|key, value, grad| optimizer.update_in_place(key, value, ranks[key], grad, 1.0, 0.1));
             });
             if let Some(e) = failure {
                 return Err(e.into());

@@ -22,7 +22,7 @@ use crate::models::MobileNet;
 use crate::training::config::TrainConfig;
 use crate::training::ema::{self, Ema};
 use crate::training::evaluate::host_cross_entropy;
-use crate::training::optim::{HostVector, OptVector, Optimizer};
+use crate::training::optim::{HostVector, Optimizer};
 
 /// The trainer and the optimizer state of a run on the engine path.
 pub struct CpuSteps {
@@ -138,15 +138,9 @@ impl CpuSteps {
         self.optimizer.steps += 1;
         let (optimizer, ranks) = (&mut self.optimizer, &self.ranks);
         self.trainer.update(|key, value, grad| {
-            if !trainable(key) {
-                return;
+            if trainable(key) {
+                optimizer.update_in_place(key, value, ranks[key], grad, scale, lr);
             }
-            let mut grad = HostVector(grad.to_vec());
-            if scale < 1.0 {
-                grad = OptVector::mul_scalar(grad, scale);
-            }
-            let next = optimizer.update_vector(key, HostVector(value.to_vec()), ranks[key], grad, lr);
-            value.copy_from_slice(&next.0);
         });
         if let (Some(values), Some(ema)) = (self.ema.as_mut(), ema) {
             let d = ema.next_decay();

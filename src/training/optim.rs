@@ -205,73 +205,135 @@ impl<V: OptVector> Optimizer<V> {
     }
 
     /// One update of the tensor at `path` (value `p`, of rank `rank` before flattening) given
-    /// its gradient: the rules of torch's SGD and AdamW and timm's RMSpropTF.
+    /// its gradient: [`rule`] with the tensor's buffers from the state.
     pub fn update_vector(&mut self, path: &str, p: V, rank: usize, grad: V, lr: f64) -> V {
-        let c = self.config;
         let decays = self.decays(rank);
-        let key = |buf: &str| format!("{path}/{buf}");
-        match c.kind {
-            OptimizerKind::Sgd => {
-                // torch.optim.SGD: d = g + wd·p; buf = μ·buf + d (buf = d at first);
-                // step = d + μ·buf (Nesterov) or buf.
-                let d = if decays { grad.add(p.clone().mul_scalar(c.weight_decay)) } else { grad };
-                let step = if c.momentum > 0.0 {
-                    let buf = match self.state.remove(&key("momentum_buffer")) {
-                        Some(buf) => buf.mul_scalar(c.momentum).add(d.clone()),
-                        None => d.clone(),
-                    };
-                    self.state.insert(key("momentum_buffer"), buf.clone());
-                    if c.nesterov {
-                        d.add(buf.mul_scalar(c.momentum))
-                    } else {
-                        buf
-                    }
-                } else {
-                    d
-                };
-                p.sub(step.mul_scalar(lr))
-            }
-            OptimizerKind::Rmsproptf => {
-                // timm RMSpropTF: ms starts at 1; ms = α·ms + (1-α)·g²;
-                // buf = μ·buf + lr·g / sqrt(ms + eps); p -= buf.
-                let g = if decays { grad.add(p.clone().mul_scalar(c.weight_decay)) } else { grad };
-                let ms = self.state.remove(&key("square_avg")).unwrap_or_else(|| p.ones_like());
-                let ms = ms.mul_scalar(c.alpha).add(g.clone().square().mul_scalar(1.0 - c.alpha));
-                let step = g.div(ms.clone().add_scalar(c.eps).sqrt()).mul_scalar(lr);
-                self.state.insert(key("square_avg"), ms);
-                let step = if c.momentum > 0.0 {
-                    let buf = match self.state.remove(&key("momentum_buffer")) {
-                        Some(buf) => buf.mul_scalar(c.momentum).add(step),
-                        None => step,
-                    };
-                    self.state.insert(key("momentum_buffer"), buf.clone());
-                    buf
-                } else {
-                    step
-                };
-                p.sub(step)
-            }
-            OptimizerKind::Adamw => {
-                // torch.optim.AdamW: p -= lr·wd·p; m, v moments with bias correction.
-                let p = if decays { p.clone().sub(p.mul_scalar(lr * c.weight_decay)) } else { p };
-                let m = match self.state.remove(&key("exp_avg")) {
-                    Some(m) => m.mul_scalar(c.beta1).add(grad.clone().mul_scalar(1.0 - c.beta1)),
-                    None => grad.clone().mul_scalar(1.0 - c.beta1),
-                };
-                let v = match self.state.remove(&key("exp_avg_sq")) {
-                    Some(v) => v.mul_scalar(c.alpha).add(grad.square().mul_scalar(1.0 - c.alpha)),
-                    None => grad.square().mul_scalar(1.0 - c.alpha),
-                };
-                let t = self.steps as i32;
-                let bc1 = 1.0 - c.beta1.powi(t);
-                let bc2 = 1.0 - c.alpha.powi(t);
-                let denom = v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps);
-                let step = m.clone().div(denom).mul_scalar(lr / bc1);
-                self.state.insert(key("exp_avg"), m);
-                self.state.insert(key("exp_avg_sq"), v);
-                p.sub(step)
+        let names = buffer_names(self.config.kind);
+        let key = |name: &str| format!("{path}/{name}");
+        let buffers = names.map(|name| name.and_then(|n| self.state.remove(&key(n))));
+        let (p, buffers) = rule(&self.config, self.steps, decays, p, grad, lr, buffers);
+        for (name, buffer) in names.into_iter().zip(buffers) {
+            if let (Some(name), Some(buffer)) = (name, buffer) {
+                self.state.insert(key(name), buffer);
             }
         }
+        p
+    }
+}
+
+/// The optimizer buffers each rule keeps per tensor (torch's and timm's names).
+fn buffer_names(kind: OptimizerKind) -> [Option<&'static str>; 2] {
+    match kind {
+        OptimizerKind::Sgd => [Some("momentum_buffer"), None],
+        OptimizerKind::Rmsproptf => [Some("square_avg"), Some("momentum_buffer")],
+        OptimizerKind::Adamw => [Some("exp_avg"), Some("exp_avg_sq")],
+    }
+}
+
+/// One update by the rules of torch's SGD and AdamW and timm's RMSpropTF, written once over
+/// [`OptVector`]: whole burn tensors on the burn path, single elements ([`Scalar`]) in the CPU
+/// trainer's fused loop. `buffers` are the tensor's state as [`buffer_names`] lists it (`None`
+/// before its first update); `t` is the step count (AdamW's bias correction). Returns the new
+/// value and buffers.
+#[inline(always)]
+fn rule<V: OptVector>(
+    c: &OptimizerConfig,
+    t: u64,
+    decays: bool,
+    p: V,
+    grad: V,
+    lr: f64,
+    buffers: [Option<V>; 2],
+) -> (V, [Option<V>; 2]) {
+    let [b0, b1] = buffers;
+    match c.kind {
+        OptimizerKind::Sgd => {
+            // torch.optim.SGD: d = g + wd·p; buf = μ·buf + d (buf = d at first);
+            // step = d + μ·buf (Nesterov) or buf.
+            let d = if decays { grad.add(p.clone().mul_scalar(c.weight_decay)) } else { grad };
+            if c.momentum > 0.0 {
+                let buf = match b0 {
+                    Some(buf) => buf.mul_scalar(c.momentum).add(d.clone()),
+                    None => d.clone(),
+                };
+                let step = if c.nesterov { d.add(buf.clone().mul_scalar(c.momentum)) } else { buf.clone() };
+                (p.sub(step.mul_scalar(lr)), [Some(buf), None])
+            } else {
+                (p.sub(d.mul_scalar(lr)), [None, None])
+            }
+        }
+        OptimizerKind::Rmsproptf => {
+            // timm RMSpropTF: ms starts at 1; ms = α·ms + (1-α)·g²;
+            // buf = μ·buf + lr·g / sqrt(ms + eps); p -= buf.
+            let g = if decays { grad.add(p.clone().mul_scalar(c.weight_decay)) } else { grad };
+            let ms = b0.unwrap_or_else(|| p.ones_like());
+            let ms = ms.mul_scalar(c.alpha).add(g.clone().square().mul_scalar(1.0 - c.alpha));
+            let step = g.div(ms.clone().add_scalar(c.eps).sqrt()).mul_scalar(lr);
+            if c.momentum > 0.0 {
+                let buf = match b1 {
+                    Some(buf) => buf.mul_scalar(c.momentum).add(step),
+                    None => step,
+                };
+                (p.sub(buf.clone()), [Some(ms), Some(buf)])
+            } else {
+                (p.sub(step), [Some(ms), None])
+            }
+        }
+        OptimizerKind::Adamw => {
+            // torch.optim.AdamW: p -= lr·wd·p; m, v moments with bias correction.
+            let p = if decays { p.clone().sub(p.mul_scalar(lr * c.weight_decay)) } else { p };
+            let m = match b0 {
+                Some(m) => m.mul_scalar(c.beta1).add(grad.clone().mul_scalar(1.0 - c.beta1)),
+                None => grad.clone().mul_scalar(1.0 - c.beta1),
+            };
+            let v = match b1 {
+                Some(v) => v.mul_scalar(c.alpha).add(grad.square().mul_scalar(1.0 - c.alpha)),
+                None => grad.square().mul_scalar(1.0 - c.alpha),
+            };
+            let t = t as i32;
+            let bc1 = 1.0 - c.beta1.powi(t);
+            let bc2 = 1.0 - c.alpha.powi(t);
+            let denom = v.clone().div_scalar(bc2).sqrt().add_scalar(c.eps);
+            let step = m.clone().div(denom).mul_scalar(lr / bc1);
+            (p.sub(step), [Some(m), Some(v)])
+        }
+    }
+}
+
+/// One f32 element, for running [`rule`] element by element (the CPU trainer's fused update).
+#[derive(Debug, Clone, Copy)]
+pub struct Scalar(pub f32);
+
+impl OptVector for Scalar {
+    fn add(self, other: Self) -> Self {
+        Scalar(self.0 + other.0)
+    }
+    fn sub(self, other: Self) -> Self {
+        Scalar(self.0 - other.0)
+    }
+    fn div(self, other: Self) -> Self {
+        Scalar(self.0 / other.0)
+    }
+    fn mul_scalar(self, s: f64) -> Self {
+        Scalar(self.0 * s as f32)
+    }
+    fn div_scalar(self, s: f64) -> Self {
+        Scalar(self.0 / s as f32)
+    }
+    fn add_scalar(self, s: f64) -> Self {
+        Scalar(self.0 + s as f32)
+    }
+    fn square(self) -> Self {
+        Scalar(self.0 * self.0)
+    }
+    fn sqrt(self) -> Self {
+        Scalar(self.0.sqrt())
+    }
+    fn ones_like(&self) -> Self {
+        Scalar(1.0)
+    }
+    fn to_host(&self) -> HostTensor {
+        HostTensor { shape: vec![1], data: vec![self.0] }
     }
 }
 
@@ -336,6 +398,45 @@ impl Optimizer<Tensor<1>> {
 }
 
 impl Optimizer<HostVector> {
+    /// One update of the tensor at `path` in place: `p` (rank `rank` before flattening) from
+    /// `grad` times `grad_scale` (gradient clipping). [`rule`] element by element in one pass,
+    /// the buffers updated in place: the same arithmetic as [`Optimizer::update_vector`] (the
+    /// same bits), without a temporary per operation.
+    pub fn update_in_place(&mut self, path: &str, p: &mut [f32], rank: usize, grad: &[f32], grad_scale: f64, lr: f64) {
+        let decays = self.decays(rank);
+        let names = buffer_names(self.config.kind);
+        let key = |name: &str| format!("{path}/{name}");
+        let mut buffers: [Option<Vec<f32>>; 2] = names.map(|n| n.and_then(|n| self.state.remove(&key(n))).map(|b| b.0));
+        // Which buffers exist before the update (read) and after it (written; new ones start here).
+        let existed = [buffers[0].is_some(), buffers[1].is_some()];
+        let (c, t) = (self.config, self.steps);
+        for (k, name) in names.iter().enumerate() {
+            if name.is_some() && buffers[k].is_none() {
+                buffers[k] = Some(vec![0.0; p.len()]);
+            }
+        }
+        let [b0, b1] = &mut buffers;
+        let (mut b0, mut b1) = (b0.as_deref_mut(), b1.as_deref_mut());
+        for i in 0..p.len() {
+            let g = if grad_scale < 1.0 { Scalar(grad[i]).mul_scalar(grad_scale) } else { Scalar(grad[i]) };
+            let read = |b: &Option<&mut [f32]>, existed: bool| b.as_ref().filter(|_| existed).map(|b| Scalar(b[i]));
+            let state = [read(&b0, existed[0]), read(&b1, existed[1])];
+            let (value, [n0, n1]) = rule(&c, t, decays, Scalar(p[i]), g, lr, state);
+            p[i] = value.0;
+            if let (Some(b), Some(v)) = (b0.as_deref_mut(), n0) {
+                b[i] = v.0;
+            }
+            if let (Some(b), Some(v)) = (b1.as_deref_mut(), n1) {
+                b[i] = v.0;
+            }
+        }
+        for (name, buffer) in names.into_iter().zip(buffers) {
+            if let (Some(name), Some(buffer)) = (name, buffer) {
+                self.state.insert(key(name), HostVector(buffer));
+            }
+        }
+    }
+
     /// Restores state saved by [`Optimizer::state_tensors`] (by either path) into host vectors.
     pub fn load_host_state(&mut self, steps: u64, tensors: impl IntoIterator<Item = (String, HostTensor)>) {
         self.steps = steps;

@@ -237,26 +237,4 @@ mod tests {
             }
         }
     }
-
-    #[test]
-    #[ignore]
-    fn dense_packing_speed() {
-        let (out, inp) = (1024, 576);
-        let w: Vec<f32> = (0..out * inp).map(|i| i as f32).collect();
-        let mut d = Dense::new(out, inp, 0, None);
-        d.pack(&w, None, 16);
-        let t = std::time::Instant::now();
-        for _ in 0..20 {
-            d.pack(&w, None, 16);
-        }
-        println!("pack 1024x576: {:.3} ms", t.elapsed().as_secs_f64() / 20.0 * 1e3);
-        // The generic packer, for comparison.
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        let t = std::time::Instant::now();
-        for _ in 0..20 {
-            crate::train::gemm::pack_panels_with(inp, out, 16, &mut a, |i, o| w[o * inp + i]);
-            crate::train::gemm::pack_panels_with(out, inp, 16, &mut b, |o, i| w[o * inp + i]);
-        }
-        println!("generic pack_panels_with: {:.3} ms", t.elapsed().as_secs_f64() / 20.0 * 1e3);
-    }
 }

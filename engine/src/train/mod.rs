@@ -76,6 +76,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod forward;
 pub mod gemm;
+pub mod kernel_bench;
 pub mod lanes;
 pub mod network;
 pub mod params;

@@ -757,18 +757,6 @@ fn eval_matches_inference_engine() {
     }
 }
 
-/// `ARCH=v2 SIZE=40 N=4 [WIDTH=0.25] cargo test --release -p mobilenet-engine debug_reference
-/// -- --ignored --nocapture`: the reference comparison for any configuration.
-#[test]
-#[ignore]
-fn debug_reference() {
-    let arch = Arch::parse(&std::env::var("ARCH").unwrap()).unwrap();
-    let size: usize = std::env::var("SIZE").unwrap().parse().unwrap();
-    let n: usize = std::env::var("N").unwrap().parse().unwrap();
-    let width: f64 = std::env::var("WIDTH").map(|w| w.parse().unwrap()).unwrap_or(0.25);
-    check_against_reference(arch, width, (size, size), n, Isa::detect(), 0.0, 0.0, false);
-}
-
 /// A trainer laid out for a larger batch runs a smaller one exactly as one laid out for it.
 #[test]
 fn smaller_batches_match_a_trainer_of_that_size() {

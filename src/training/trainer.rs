@@ -251,6 +251,9 @@ struct EpochTraining {
     lr: f64,
     /// The first batch, for the BatchNorm-lag probe.
     probe_batch: Option<Batch>,
+    /// When the epoch began (its metrics row times training and evaluation together).
+    started: Instant,
+    /// Seconds of training steps alone.
     seconds: f64,
 }
 
@@ -285,7 +288,6 @@ pub fn run(start: Start, device: &Device) -> Result<Outcome> {
         TrainBackend::Engine => Some(CpuSteps::new(&state.config, &state.model, &state.optimizer, state.ema.as_ref())?),
     };
     for epoch in state.progress.epochs_done..state.config.epochs {
-        let started = Instant::now();
         let training;
         (state, training) = match cpu.as_mut() {
             None => train_epoch(state, &data, epoch, &trainable, device)?,
@@ -296,7 +298,7 @@ pub fn run(start: Start, device: &Device) -> Result<Outcome> {
             }
         };
         let eval_model = evaluation_model(&state, &data, &plain, cpu.as_mut())?;
-        let row = evaluate_epoch(&state, &data, &eval_model, epoch, &training, started, &plain, cpu.as_mut())?;
+        let row = evaluate_epoch(&state, &data, &eval_model, epoch, &training, &plain, cpu.as_mut())?;
         report_epoch(&state.config, &row);
         save_epoch(&mut state, row, &eval_model)?;
     }
@@ -347,6 +349,7 @@ fn epoch_steps(
         seen: 0,
         lr: config.schedule.lr(epoch as f64),
         probe_batch: None,
+        started: Instant::now(),
         seconds: 0.0,
     };
     for (i, batch) in rx.into_iter().enumerate() {
@@ -472,7 +475,6 @@ fn evaluate_epoch(
     eval_model: &MobileNet,
     epoch: usize,
     t: &EpochTraining,
-    started: Instant,
     plain: &Device,
     cpu: Option<&mut CpuSteps>,
 ) -> Result<EpochMetrics> {
@@ -500,7 +502,7 @@ fn evaluate_epoch(
         probe_train_mode_loss: probe_train,
         probe_eval_mode_loss: probe_eval,
         lr: t.lr,
-        seconds: started.elapsed().as_secs_f64(),
+        seconds: t.started.elapsed().as_secs_f64(),
         images_per_s: t.seen as f64 / t.seconds,
     })
 }

@@ -231,7 +231,7 @@ fn buffer_names(kind: OptimizerKind) -> [Option<&'static str>; 2] {
 }
 
 /// One update by the rules of torch's SGD and AdamW and timm's RMSpropTF, written once over
-/// [`OptVector`]: whole burn tensors on the burn path, single elements ([`Scalar`]) in the CPU
+/// [`OptVector`]: whole burn tensors on the burn path, groups of elements ([`Lanes`]) in the CPU
 /// trainer's fused loop. `buffers` are the tensor's state as [`buffer_names`] lists it (`None`
 /// before its first update); `t` is the step count (AdamW's bias correction). Returns the new
 /// value and buffers.
@@ -300,40 +300,73 @@ fn rule<V: OptVector>(
     }
 }
 
-/// One f32 element, for running [`rule`] element by element (the CPU trainer's fused update).
-#[derive(Debug, Clone, Copy)]
-pub struct Scalar(pub f32);
+/// Elements per group of the CPU trainer's fused update.
+const LANES: usize = 16;
 
-impl OptVector for Scalar {
+/// A group of elements, for running [`rule`] group by group (the CPU trainer's fused update):
+/// every operation is the f32 operation of each element, as on whole vectors.
+#[derive(Debug, Clone, Copy)]
+struct Lanes([f32; LANES]);
+
+impl Lanes {
+    #[inline(always)]
+    fn zip(mut self, other: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = f(*a, b);
+        }
+        self
+    }
+    #[inline(always)]
+    fn map(mut self, f: impl Fn(f32) -> f32) -> Self {
+        for a in self.0.iter_mut() {
+            *a = f(*a);
+        }
+        self
+    }
+}
+
+impl OptVector for Lanes {
+    #[inline(always)]
     fn add(self, other: Self) -> Self {
-        Scalar(self.0 + other.0)
+        self.zip(other, |a, b| a + b)
     }
+    #[inline(always)]
     fn sub(self, other: Self) -> Self {
-        Scalar(self.0 - other.0)
+        self.zip(other, |a, b| a - b)
     }
+    #[inline(always)]
     fn div(self, other: Self) -> Self {
-        Scalar(self.0 / other.0)
+        self.zip(other, |a, b| a / b)
     }
+    #[inline(always)]
     fn mul_scalar(self, s: f64) -> Self {
-        Scalar(self.0 * s as f32)
+        let s = s as f32;
+        self.map(|a| a * s)
     }
+    #[inline(always)]
     fn div_scalar(self, s: f64) -> Self {
-        Scalar(self.0 / s as f32)
+        let s = s as f32;
+        self.map(|a| a / s)
     }
+    #[inline(always)]
     fn add_scalar(self, s: f64) -> Self {
-        Scalar(self.0 + s as f32)
+        let s = s as f32;
+        self.map(|a| a + s)
     }
+    #[inline(always)]
     fn square(self) -> Self {
-        Scalar(self.0 * self.0)
+        self.map(|a| a * a)
     }
+    #[inline(always)]
     fn sqrt(self) -> Self {
-        Scalar(self.0.sqrt())
+        self.map(f32::sqrt)
     }
+    #[inline(always)]
     fn ones_like(&self) -> Self {
-        Scalar(1.0)
+        Lanes([1.0; LANES])
     }
     fn to_host(&self) -> HostTensor {
-        HostTensor { shape: vec![1], data: vec![self.0] }
+        HostTensor { shape: vec![LANES], data: self.0.to_vec() }
     }
 }
 
@@ -399,7 +432,7 @@ impl Optimizer<Tensor<1>> {
 
 impl Optimizer<HostVector> {
     /// One update of the tensor at `path` in place: `p` (rank `rank` before flattening) from
-    /// `grad` times `grad_scale` (gradient clipping). [`rule`] element by element in one pass,
+    /// `grad` times `grad_scale` (gradient clipping). [`rule`] group by group in one pass,
     /// the buffers updated in place: the same arithmetic as [`Optimizer::update_vector`] (the
     /// same bits), without a temporary per operation.
     pub fn update_in_place(&mut self, path: &str, p: &mut [f32], rank: usize, grad: &[f32], grad_scale: f64, lr: f64) {
@@ -417,18 +450,32 @@ impl Optimizer<HostVector> {
         }
         let [b0, b1] = &mut buffers;
         let (mut b0, mut b1) = (b0.as_deref_mut(), b1.as_deref_mut());
-        for i in 0..p.len() {
-            let g = if grad_scale < 1.0 { Scalar(grad[i]).mul_scalar(grad_scale) } else { Scalar(grad[i]) };
-            let read = |b: &Option<&mut [f32]>, existed: bool| b.as_ref().filter(|_| existed).map(|b| Scalar(b[i]));
-            let state = [read(&b0, existed[0]), read(&b1, existed[1])];
-            let (value, [n0, n1]) = rule(&c, t, decays, Scalar(p[i]), g, lr, state);
-            p[i] = value.0;
+        // LANES elements at a time: the rule's branches are taken once per group and each of its
+        // operations is a loop over the group, which the compiler turns into vector instructions.
+        let n = p.len();
+        let mut i = 0;
+        while i < n {
+            let len = LANES.min(n - i);
+            let load = |src: &[f32]| {
+                let mut v = [0.0f32; LANES];
+                v[..len].copy_from_slice(&src[i..i + len]);
+                Lanes(v)
+            };
+            let mut g = load(grad);
+            if grad_scale < 1.0 {
+                g = g.mul_scalar(grad_scale);
+            }
+            let state =
+                [b0.as_deref().filter(|_| existed[0]).map(load), b1.as_deref().filter(|_| existed[1]).map(load)];
+            let (value, [n0, n1]) = rule(&c, t, decays, load(p), g, lr, state);
+            p[i..i + len].copy_from_slice(&value.0[..len]);
             if let (Some(b), Some(v)) = (b0.as_deref_mut(), n0) {
-                b[i] = v.0;
+                b[i..i + len].copy_from_slice(&v.0[..len]);
             }
             if let (Some(b), Some(v)) = (b1.as_deref_mut(), n1) {
-                b[i] = v.0;
+                b[i..i + len].copy_from_slice(&v.0[..len]);
             }
+            i += len;
         }
         for (name, buffer) in names.into_iter().zip(buffers) {
             if let (Some(name), Some(buffer)) = (name, buffer) {

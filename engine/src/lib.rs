@@ -21,6 +21,7 @@ mod buffer;
 mod error;
 mod kernels;
 mod network;
+pub mod quant;
 pub mod reference;
 pub mod simd;
 #[cfg(feature = "testing")]

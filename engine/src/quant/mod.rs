@@ -1,0 +1,36 @@
+//! Post-training static int8 quantisation (issue 14): the foundation.
+//!
+//! What exists:
+//! - [`scheme`]: the numbers. Symmetric int8 weights per output channel
+//!   ([`scheme::quantize_weights`], half-to-even rounding as torch and ONNX Runtime), asymmetric u8
+//!   activations per tensor from a min/max range with 0 exact ([`scheme::ActivationQuant`]), and
+//!   requantisation of an int32 accumulator with bias and clamp to u8 ([`scheme::Requant`],
+//!   [`scheme::requantize`]; float multiplier per channel, the input zero point folded into the
+//!   bias).
+//! - [`isa`]: [`Int8Isa`] (AVX512-VNNI, AVX2, portable), detected at run time, capped by
+//!   `MOBILENET_ENGINE_INT8_ISA=portable|avx2|vnni512` (and by `MOBILENET_ENGINE_ISA=portable`).
+//! - [`gemm`]: the u8 × s8 → i32 GEMM over packed B panels ([`gemm::PackedB`],
+//!   [`gemm::gemm_u8s8`]) with a `vpdpbusd` kernel, two AVX2 kernels (`vpmaddubsw` when the
+//!   weights fit 7 bits, a widening `vpmaddwd` one otherwise, so saturation can never happen) and
+//!   a portable one, all exact against [`gemm::gemm_reference`].
+//!
+//! The plan (issue 14's remaining points), in order:
+//! 1. Fuse the requantisation into the GEMM's store (bias, zero point, per-channel multiplier,
+//!    ReLU/ReLU6 clamp, u8 out; residual add in the requantised domain), vectorised per ISA;
+//!    thread the GEMM over rows like the f32 one; an AVX-VNNI (ymm `vpdpbusd`) kernel.
+//! 2. Depthwise 3x3/5x5 u8 kernels (i16/i32 widening, per-channel weights), the stem (3x3 s2 on
+//!    3 channels: im2col into the GEMM or a direct kernel), squeeze-excite and hard-swish /
+//!    hard-sigmoid (lookup tables over the 256 input codes are exact and cheap), average pool and
+//!    the classifier; a layer kept in f32 on purpose shows in `bench --profile`.
+//! 3. Network lowering: a quantised `Network` built from f32 weights plus calibrated ranges;
+//!    calibration (min-max, percentile, maybe entropy) and `mobilenet quantize` with `--report`
+//!    (per-layer SQNR against f32); the safetensors format (i8 weights, scales and zero points as
+//!    metadata) and its clear errors.
+//! 4. Accuracy and speed against ONNX Runtime's `quantize_static` (docs/BENCHMARKS.md), the
+//!    network-level test against a fake-quantised f32 reference within one step.
+
+pub mod gemm;
+pub mod isa;
+pub mod scheme;
+
+pub use isa::Int8Isa;

@@ -13,6 +13,8 @@
 //!   [`gemm::gemm_u8s8`]) with a `vpdpbusd` kernel, two AVX2 kernels (`vpmaddubsw` when the
 //!   weights fit 7 bits, a widening `vpmaddwd` one otherwise, so saturation can never happen) and
 //!   a portable one, all exact against [`gemm::gemm_reference`].
+//! - [`bench`]: the GEMM's speed probe against the f32 GEMM (`cargo run --release -p
+//!   mobilenet-engine --example int8_gemm`; figures in docs/BENCHMARKS.md, "int8 GEMM").
 //!
 //! The plan (issue 14's remaining points), in order:
 //! 1. Fuse the requantisation into the GEMM's store (bias, zero point, per-channel multiplier,
@@ -29,6 +31,7 @@
 //! 4. Accuracy and speed against ONNX Runtime's `quantize_static` (docs/BENCHMARKS.md), the
 //!    network-level test against a fake-quantised f32 reference within one step.
 
+pub mod bench;
 pub mod gemm;
 pub mod isa;
 pub mod scheme;

@@ -97,7 +97,9 @@ fn in_place_update_matches_the_vector_rule_bit_for_bit() {
     use mobilenet::training::optim::HostVector;
     let n = 37;
     let values = |seed: u32| -> Vec<f32> {
-        (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 1000) as f32 / 500.0 - 1.0).collect()
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 1000) as f32 / 500.0 - 1.0)
+            .collect()
     };
     for kind in [OptimizerKind::Sgd, OptimizerKind::Rmsproptf, OptimizerKind::Adamw] {
         for nesterov in [false, true] {

@@ -13,7 +13,7 @@
 //!   [`gemm::gemm_u8s8`]) with a `vpdpbusd` kernel, two AVX2 kernels (`vpmaddubsw` when the
 //!   weights fit 7 bits, a widening `vpmaddwd` one otherwise, so saturation can never happen) and
 //!   a portable one, all exact against [`gemm::gemm_reference`].
-//! - [`bench`]: the GEMM's speed probe against the f32 GEMM (`cargo run --release -p
+//! - [`mod@bench`]: the GEMM's speed probe against the f32 GEMM (`cargo run --release -p
 //!   mobilenet-engine --example int8_gemm`; figures in docs/BENCHMARKS.md, "int8 GEMM").
 //!
 //! The plan (issue 14's remaining points), in order:

@@ -140,15 +140,7 @@ fn resume_after_kill_is_exact() {
     }
 
     // Same weights, same EMA, same metrics.
-    for file in ["last.safetensors", "ema.safetensors"] {
-        let a = read_tensors(&straight.join(file)).unwrap();
-        let b = read_tensors(&killed.join(file)).unwrap();
-        assert_eq!(a.len(), b.len());
-        for (key, ta) in &a {
-            let diff = max_abs_diff(&ta.data, &b[key].data);
-            assert!(diff == 0.0, "{file} {key}: resumed run differs by {diff}");
-        }
-    }
+    assert_same_weights(&straight, &killed);
     let rows = |p: PathBuf| -> Vec<Vec<String>> {
         std::fs::read_to_string(p).unwrap().lines().map(|l| l.split(',').take(10).map(String::from).collect()).collect()
     };
@@ -405,13 +397,18 @@ fn engine_backend_resumes_exactly_after_kill() {
     let log = run_ok(&["train".into(), "--resume".into(), killed.to_str().unwrap().into()]);
     assert!(log.contains("resuming after epoch 1 of 3"), "{log}");
 
+    assert_same_weights(&straight, &killed);
+}
+
+/// The two run folders hold bit-identical weights and EMA.
+fn assert_same_weights(straight: &Path, resumed: &Path) {
     for file in ["last.safetensors", "ema.safetensors"] {
         let a = read_tensors(&straight.join(file)).unwrap();
-        let b = read_tensors(&killed.join(file)).unwrap();
+        let b = read_tensors(&resumed.join(file)).unwrap();
         assert_eq!(a.len(), b.len());
         for (key, ta) in &a {
             let diff = max_abs_diff(&ta.data, &b[key].data);
-            assert!(diff == 0.0, "{file} {key}: the resumed engine run differs by {diff}");
+            assert!(diff == 0.0, "{file} {key}: the resumed run differs by {diff}");
         }
     }
 }

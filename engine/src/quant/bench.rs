@@ -1,8 +1,9 @@
 //! Speed probes of the int8 GEMM against the f32 one at a layer's shape, one thread (for
 //! `engine/examples/int8_gemm.rs` and docs/BENCHMARKS.md).
 
-use super::gemm::{gemm_u8s8, kernel_name, PackedB};
+use super::gemm::{gemm_u8s8, gemm_u8s8_requant, kernel_name, PackedB};
 use super::isa::Int8Isa;
+use super::scheme::Requant;
 use crate::kernels::{self, Gemm, MapGeom};
 use crate::simd::{pad_channels, Isa};
 use std::time::Instant;
@@ -47,8 +48,8 @@ fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
 
 /// Every int8 kernel this CPU has (the AVX2 one with 7-bit and with 8-bit weights) and the f32
 /// GEMM on every f32 ISA, at `m × k × n` (`m` pixels, `k` inputs, `n` outputs), `runs` timed
-/// runs each. The int8 figures are the bare i32 GEMM (no requantisation yet); the f32 one is
-/// the engine's 1x1 convolution with its bias in the store.
+/// runs each. Each int8 kernel twice: the bare i32 GEMM, and with the requantising store (u8
+/// out); the f32 one is the engine's 1x1 convolution with its bias in the store.
 pub fn gemm_speeds(m: usize, k: usize, n: usize, runs: usize) -> Vec<GemmSpeed> {
     let ops = 2.0 * (m * k * n) as f64;
     let speed = |kernel: String, ms: f64| GemmSpeed { kernel, ms, gops: ops / (ms * 1e6) };
@@ -64,12 +65,16 @@ pub fn gemm_speeds(m: usize, k: usize, n: usize, runs: usize) -> Vec<GemmSpeed> 
     let b8: Vec<i8> = (0..k * n).map(|_| next() as i8).collect();
     let b7: Vec<i8> = b8.iter().map(|&v| v >> 1).collect(); // [-64, 63]
     let mut c = vec![0i32; m * n];
+    let mut c8 = vec![0u8; m * n];
+    let req = Requant { bias: vec![-1000; n], multiplier: vec![1e-4; n], out_zero_point: 3, lo: 3, hi: 255 };
     for isa in Int8Isa::all_available() {
         let weights: &[&[i8]] = if isa == Int8Isa::Avx2 { &[&b7, &b8] } else { &[&b8] };
         for b in weights {
             let packed = PackedB::pack(b, k, n);
             let ms = median_ms(runs, || gemm_u8s8(isa, &a, k, m, &packed, &mut c, n));
             out.push(speed(format!("int8 {}", kernel_name(isa, &packed)), ms));
+            let ms = median_ms(runs, || gemm_u8s8_requant(isa, &a, k, m, &packed, &req, &mut c8, n));
+            out.push(speed(format!("int8 {}, u8 out", kernel_name(isa, &packed)), ms));
         }
     }
     for isa in Isa::all_available() {

@@ -21,6 +21,7 @@
 //! The tests run the extremes (A = 255, B = ±127 and -128) through every path.
 
 use super::isa::Int8Isa;
+use super::scheme::{requantize, Requant};
 
 /// Columns per packed panel (one zmm of i32 lanes).
 pub const PANEL: usize = 16;
@@ -130,16 +131,64 @@ pub fn gemm_u8s8(isa: Int8Isa, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &
     // SAFETY: the asserts above bound every row of A and C the kernels touch (they read `k`
     // bytes of each A row, never beyond, and write only the first `n` columns of each C row);
     // the packed panels are complete by construction; `isa` was checked to be available.
-    unsafe {
-        match isa {
-            #[cfg(engine_x86)]
-            Int8Isa::Vnni512 => drive(&geo, m, b.panels, x86::VNNI_ROWS, x86::VNNI_PANELS, x86::vnni_tile),
-            #[cfg(engine_x86)]
-            Int8Isa::Avx2 if b.seven_bit => drive(&geo, m, b.panels, x86::AVX2_ROWS, 1, x86::avx2_maddubs_tile),
-            #[cfg(engine_x86)]
-            Int8Isa::Avx2 => drive(&geo, m, b.panels, x86::WIDE_ROWS, 1, x86::avx2_wide_tile),
-            _ => drive(&geo, m, b.panels, PORTABLE_ROWS, 1, portable_tile),
-        }
+    unsafe { run(isa, &geo, m, b, None) }
+}
+
+/// `out = requantise(A · B)`: [`gemm_u8s8`] with the requantising store, u8 out (`m` rows of
+/// `b.n()` at stride `ldo`); each value is `req.apply(acc, column)` exactly.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8s8_requant(
+    isa: Int8Isa,
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    b: &PackedB,
+    req: &Requant,
+    out: &mut [u8],
+    ldo: usize,
+) {
+    let (k, n) = (b.k, b.n);
+    assert!(lda >= k && ldo >= n, "strides lda {lda} < k {k} or ldo {ldo} < n {n}");
+    assert!(req.bias.len() >= n && req.multiplier.len() >= n, "requantisation for fewer than {n} channels");
+    if m == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "A is too short for {m} rows");
+    assert!(out.len() >= (m - 1) * ldo + n, "the output is too short for {m} rows");
+    assert!(isa.is_available(), "this CPU cannot run the {isa} int8 kernels");
+    let emit: Emit = match isa {
+        #[cfg(engine_x86)]
+        Int8Isa::Vnni512 => x86::emit_avx512,
+        #[cfg(engine_x86)]
+        Int8Isa::Avx2 => x86::emit_avx2,
+        _ => emit_portable,
+    };
+    let q = RequantOut { req, out: out.as_mut_ptr(), ldo, emit };
+    let geo = Geometry {
+        a: a.as_ptr(),
+        lda,
+        k,
+        b: b.data.as_ptr(),
+        panel_stride: b.panel_stride(),
+        c: std::ptr::null_mut(),
+        ldc: 0,
+        n,
+    };
+    // SAFETY: as in `gemm_u8s8`, with the output bounded by the asserts above (only the first
+    // `n` bytes of each row are written) and the requantisation covering every column.
+    unsafe { run(isa, &geo, m, b, Some(&q)) }
+}
+
+/// The kernel for `isa` and `b`, over every tile.
+unsafe fn run(isa: Int8Isa, geo: &Geometry, m: usize, b: &PackedB, requant: Option<&RequantOut>) {
+    match isa {
+        #[cfg(engine_x86)]
+        Int8Isa::Vnni512 => drive(geo, m, b.panels, x86::VNNI_ROWS, x86::VNNI_PANELS, x86::vnni_tile, requant),
+        #[cfg(engine_x86)]
+        Int8Isa::Avx2 if b.seven_bit => drive(geo, m, b.panels, x86::AVX2_ROWS, 1, x86::avx2_maddubs_tile, requant),
+        #[cfg(engine_x86)]
+        Int8Isa::Avx2 => drive(geo, m, b.panels, x86::WIDE_ROWS, 1, x86::avx2_wide_tile, requant),
+        _ => drive(geo, m, b.panels, PORTABLE_ROWS, 1, portable_tile, requant),
     }
 }
 
@@ -154,6 +203,7 @@ pub fn kernel_name(isa: Int8Isa, b: &PackedB) -> &'static str {
 }
 
 /// Raw operands shared by the driver and the tiles.
+#[derive(Clone, Copy)]
 struct Geometry {
     a: *const u8,
     lda: usize,
@@ -169,11 +219,48 @@ struct Geometry {
 /// columns are real (the rest of the last panel is padding and is not stored).
 type Tile = unsafe fn(g: &Geometry, a: *const u8, rows: usize, b: *const i8, panels: usize, c: *mut i32, cols: usize);
 
+/// The most rows any tile has (the requantising store's scratch is sized for it).
+const MAX_TILE_ROWS: usize = 8;
+
+/// The requantising store: each tile's i32 results go to a scratch block in L1, and `emit`
+/// turns them into u8 in `out` ([`emit_rows`], compiled per ISA).
+struct RequantOut<'a> {
+    req: &'a Requant,
+    out: *mut u8,
+    ldo: usize,
+    emit: Emit,
+}
+
+/// Requantises `rows × cols` i32 at `scratch` (row stride `lds`) for output columns
+/// `col0..col0 + cols` into `out` (row stride `ldo`).
+type Emit = unsafe fn(
+    scratch: *const i32,
+    lds: usize,
+    rows: usize,
+    cols: usize,
+    req: &Requant,
+    col0: usize,
+    out: *mut u8,
+    ldo: usize,
+);
+
 /// The loop nest: rows in chunks whose A fits L1 alongside a panel, panels (in steps of
-/// `max_panels`) inside, tiles of `max_rows` rows inside that.
-unsafe fn drive(g: &Geometry, m: usize, panels: usize, max_rows: usize, max_panels: usize, tile: Tile) {
+/// `max_panels`) inside, tiles of `max_rows` rows inside that. Results go to `g.c` as i32, or
+/// through `requant` as u8.
+unsafe fn drive(
+    g: &Geometry,
+    m: usize,
+    panels: usize,
+    max_rows: usize,
+    max_panels: usize,
+    tile: Tile,
+    requant: Option<&RequantOut>,
+) {
     const A_CHUNK_BYTES: usize = 16 * 1024;
+    debug_assert!(max_rows <= MAX_TILE_ROWS && max_panels <= 2);
     let chunk = (A_CHUNK_BYTES / g.k.max(1)).max(1).div_ceil(max_rows) * max_rows;
+    let mut scratch = [0i32; MAX_TILE_ROWS * 2 * PANEL];
+    let scratch_geo = Geometry { c: scratch.as_mut_ptr(), ldc: 2 * PANEL, ..*g };
     let mut m0 = 0;
     while m0 < m {
         let m1 = (m0 + chunk).min(m);
@@ -184,21 +271,60 @@ unsafe fn drive(g: &Geometry, m: usize, panels: usize, max_rows: usize, max_pane
             let mut r = m0;
             while r < m1 {
                 let rows = max_rows.min(m1 - r);
-                tile(
-                    g,
-                    g.a.add(r * g.lda),
-                    rows,
-                    g.b.add(p * g.panel_stride),
-                    np,
-                    g.c.add(r * g.ldc + p * PANEL),
-                    cols,
-                );
+                let (a, b) = (g.a.add(r * g.lda), g.b.add(p * g.panel_stride));
+                match requant {
+                    None => tile(g, a, rows, b, np, g.c.add(r * g.ldc + p * PANEL), cols),
+                    Some(q) => {
+                        tile(&scratch_geo, a, rows, b, np, scratch_geo.c, cols);
+                        let out = q.out.add(r * q.ldo + p * PANEL);
+                        (q.emit)(scratch_geo.c, scratch_geo.ldc, rows, cols, q.req, p * PANEL, out, q.ldo);
+                    }
+                }
                 r += rows;
             }
             p += np;
         }
         m0 = m1;
     }
+}
+
+/// The requantisation of a block, [`requantize`] per value (the portable store; the x86 ones
+/// do the same f32 steps on vectors).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn emit_rows(
+    scratch: *const i32,
+    lds: usize,
+    rows: usize,
+    cols: usize,
+    req: &Requant,
+    col0: usize,
+    out: *mut u8,
+    ldo: usize,
+) {
+    let bias = &req.bias[col0..col0 + cols];
+    let mult = &req.multiplier[col0..col0 + cols];
+    for r in 0..rows {
+        let acc = std::slice::from_raw_parts(scratch.add(r * lds), cols);
+        let dst = std::slice::from_raw_parts_mut(out.add(r * ldo), cols);
+        for j in 0..cols {
+            dst[j] = requantize(acc[j], bias[j], mult[j], req.out_zero_point, req.lo, req.hi);
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn emit_portable(
+    scratch: *const i32,
+    lds: usize,
+    rows: usize,
+    cols: usize,
+    req: &Requant,
+    col0: usize,
+    out: *mut u8,
+    ldo: usize,
+) {
+    emit_rows(scratch, lds, rows, cols, req, col0, out, ldo)
 }
 
 /// The four bytes of A at `k` offsets `4·group ..`, as one little-endian word; the last group of
@@ -260,7 +386,7 @@ unsafe fn portable_tile(
 
 #[cfg(engine_x86)]
 mod x86 {
-    use super::{a_word, Geometry, GROUP, PANEL};
+    use super::{a_word, Geometry, Requant, GROUP, PANEL};
     use std::arch::x86_64::*;
 
     pub const VNNI_ROWS: usize = 8;
@@ -283,6 +409,106 @@ mod x86 {
                 r => unreachable!("{r} rows"),
             }
         };
+    }
+
+    // ---------------------------------------------------------------- requantising store
+
+    /// The requantising store on zmm: per 16 columns, `vcvtdq2ps` of `acc + bias` (round to
+    /// nearest, as Rust's `as f32`), `vmulps` by the multipliers, `vrndscaleps` to nearest-even,
+    /// `+ zero point`, clamp, `vcvttps2dq` (exact: an integer in [0, 255]) and `vpmovdb` to
+    /// bytes. The same f32 operations in the same order as [`super::requantize`], so the same
+    /// bytes.
+    ///
+    /// # Safety
+    /// Only after AVX-512F was detected; pointers as [`super::Emit`].
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn emit_avx512(
+        s: *const i32,
+        lds: usize,
+        rows: usize,
+        cols: usize,
+        req: &Requant,
+        col0: usize,
+        out: *mut u8,
+        ldo: usize,
+    ) {
+        let full = cols / 16 * 16;
+        let zp = _mm512_set1_ps(req.out_zero_point as f32);
+        let (lo, hi) = (_mm512_set1_ps(req.lo as f32), _mm512_set1_ps(req.hi as f32));
+        let bias = req.bias[col0..col0 + cols].as_ptr();
+        let mult = req.multiplier[col0..col0 + cols].as_ptr();
+        for r in 0..rows {
+            let acc = s.add(r * lds);
+            let dst = out.add(r * ldo);
+            let mut j = 0;
+            while j < full {
+                let sum = _mm512_add_epi32(
+                    _mm512_loadu_si512(acc.add(j) as *const _),
+                    _mm512_loadu_si512(bias.add(j) as *const _),
+                );
+                let y = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_loadu_ps(mult.add(j)));
+                let v = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y), zp);
+                let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+                _mm_storeu_si128(dst.add(j) as *mut __m128i, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
+                j += 16;
+            }
+            for j in full..cols {
+                *dst.add(j) =
+                    super::requantize(*acc.add(j), *bias.add(j), *mult.add(j), req.out_zero_point, req.lo, req.hi);
+            }
+        }
+    }
+
+    /// The requantising store on ymm, the same steps as [`emit_avx512`] eight columns at a time
+    /// (`vpshufb` + `vpermd` gather each i32's low byte).
+    ///
+    /// # Safety
+    /// Only after AVX2 was detected; pointers as [`super::Emit`].
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn emit_avx2(
+        s: *const i32,
+        lds: usize,
+        rows: usize,
+        cols: usize,
+        req: &Requant,
+        col0: usize,
+        out: *mut u8,
+        ldo: usize,
+    ) {
+        let full = cols / 8 * 8;
+        let zp = _mm256_set1_ps(req.out_zero_point as f32);
+        let (lo, hi) = (_mm256_set1_ps(req.lo as f32), _mm256_set1_ps(req.hi as f32));
+        // Byte 0 of each i32 to the lane's first four bytes, then lane 1's dword next to lane 0's.
+        let low_bytes = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1,
+        );
+        let gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+        let bias = req.bias[col0..col0 + cols].as_ptr();
+        let mult = req.multiplier[col0..col0 + cols].as_ptr();
+        for r in 0..rows {
+            let acc = s.add(r * lds);
+            let dst = out.add(r * ldo);
+            let mut j = 0;
+            while j < full {
+                let sum = _mm256_add_epi32(
+                    _mm256_loadu_si256(acc.add(j) as *const __m256i),
+                    _mm256_loadu_si256(bias.add(j) as *const __m256i),
+                );
+                let y = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_loadu_ps(mult.add(j)));
+                let v = _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y), zp);
+                let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+                let bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_cvttps_epi32(v), low_bytes), gather);
+                _mm_storel_epi64(dst.add(j) as *mut __m128i, _mm256_castsi256_si128(bytes));
+                j += 8;
+            }
+            for j in full..cols {
+                *dst.add(j) =
+                    super::requantize(*acc.add(j), *bias.add(j), *mult.add(j), req.out_zero_point, req.lo, req.hi);
+            }
+        }
     }
 
     // ---------------------------------------------------------------- AVX512-VNNI
@@ -500,7 +726,7 @@ mod x86 {
             n: b.n,
         };
         // SAFETY: AVX2 checked above; the slices hold m rows of A and C.
-        unsafe { super::drive(&geo, m, b.panels, AVX2_ROWS, 1, avx2_maddubs_tile) }
+        unsafe { super::drive(&geo, m, b.panels, AVX2_ROWS, 1, avx2_maddubs_tile, None) }
     }
 }
 
@@ -615,6 +841,82 @@ mod tests {
         let mut exact = vec![0i32; n];
         gemm_u8s8(Int8Isa::Avx2, &[255u8; 4], k, m, &b, &mut exact, n);
         assert_eq!(exact[0], 4 * 255 * 127);
+    }
+
+    #[test]
+    fn requantising_store_equals_the_scalar_definition() {
+        let mut rng = Rng(0xC0FF_EE00_1234_5678);
+        let mut shapes = vec![(1, 1, 1), (9, 5, 33), (17, 64, 48), (3, 131, 17)];
+        for _ in 0..20 {
+            shapes.push((1 + rng.below(30), 1 + rng.below(100), 1 + rng.below(70)));
+        }
+        for (i, (m, k, n)) in shapes.into_iter().enumerate() {
+            let a: Vec<u8> = (0..m * k).map(|_| rng.next() as u8).collect();
+            let seven = i % 2 == 0;
+            let b: Vec<i8> =
+                (0..k * n).map(|_| if seven { (rng.below(128) as i32 - 64) as i8 } else { rng.next() as i8 }).collect();
+            let mut acc = vec![0i32; m * n];
+            gemm_reference(&a, k, m, k, &b, n, &mut acc, n);
+            // Multipliers from tiny to large enough to saturate, biases of both signs, and a
+            // clamp on every other case (a fused ReLU6).
+            let req = Requant {
+                bias: (0..n).map(|_| rng.below(200_001) as i32 - 100_000).collect(),
+                multiplier: (0..n).map(|_| 10f32.powf(-(rng.below(5000) as f32) / 1000.0)).collect(),
+                out_zero_point: rng.next() as u8,
+                lo: if i % 3 == 0 { 20 } else { 0 },
+                hi: if i % 3 == 0 { 200 } else { 255 },
+            };
+            let ldo = n + 3;
+            let mut want = vec![0xAAu8; m * ldo];
+            for r in 0..m {
+                for j in 0..n {
+                    want[r * ldo + j] = req.apply(acc[r * n + j], j);
+                }
+            }
+            let packed = PackedB::pack(&b, k, n);
+            for isa in Int8Isa::all_available() {
+                let mut got = vec![0xAAu8; m * ldo];
+                gemm_u8s8_requant(isa, &a, k, m, &packed, &req, &mut got, ldo);
+                assert_eq!(got, want, "{} ({isa}), m {m} k {k} n {n}", kernel_name(isa, &packed));
+            }
+        }
+    }
+
+    /// A whole quantised 1x1 convolution (f32 in, weights and bias, f32 range out) through the
+    /// scheme and the GEMM lands within one output step of the f64 convolution on the
+    /// dequantised operands, on every ISA.
+    #[test]
+    fn quantised_pointwise_conv_is_within_one_step() {
+        use crate::quant::scheme::{quantize_weights, ActivationQuant, WEIGHT_QMAX};
+        let mut rng = Rng(0xABCD_EF01_2345_6789);
+        let (m, k, n) = (37, 24, 20);
+        let unit = |rng: &mut Rng| (rng.next() >> 40) as f32 / (1u64 << 24) as f32;
+        let x: Vec<f32> = (0..m * k).map(|_| unit(&mut rng) * 4.0 - 1.0).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| unit(&mut rng) * 0.6 - 0.3).collect();
+        let bias: Vec<f32> = (0..n).map(|_| unit(&mut rng) - 0.5).collect();
+        let input = ActivationQuant::from_range(-1.0, 3.0);
+        let wq = quantize_weights(&w, n, WEIGHT_QMAX);
+        let xq: Vec<u8> = x.iter().map(|&v| input.quantize(v)).collect();
+        let wd = wq.dequantize();
+        let real: Vec<f64> = (0..m * n)
+            .map(|i| {
+                let (r, j) = (i / n, i % n);
+                (0..k).map(|kk| input.dequantize(xq[r * k + kk]) as f64 * wd[j * k + kk] as f64).sum::<f64>()
+                    + bias[j] as f64
+            })
+            .collect();
+        let (lo, hi) = real.iter().fold((0.0f64, 0.0f64), |(a, b), &v| (a.min(v), b.max(v)));
+        let output = ActivationQuant::from_range(lo as f32, hi as f32);
+        let req = Requant::new(input, &wq, Some(&bias), output);
+        let packed = PackedB::pack_out_major(&wq.values, n, k);
+        for isa in Int8Isa::all_available() {
+            let mut out = vec![0u8; m * n];
+            gemm_u8s8_requant(isa, &xq, k, m, &packed, &req, &mut out, n);
+            for (i, (&q, &r)) in out.iter().zip(&real).enumerate() {
+                let err = (output.dequantize(q) as f64 - r).abs();
+                assert!(err <= output.scale as f64 * 1.0, "{isa}: output {i}: {q} is {err} from {r}");
+            }
+        }
     }
 
     #[test]

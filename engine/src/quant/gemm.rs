@@ -158,12 +158,15 @@ pub fn gemm_u8s8_requant(
     assert!(isa.is_available(), "this CPU cannot run the {isa} int8 kernels");
     let emit: Emit = match isa {
         #[cfg(engine_x86)]
-        Int8Isa::Vnni512 => x86::emit_avx512,
-        #[cfg(engine_x86)]
-        Int8Isa::Avx2 => x86::emit_avx2,
+        Int8Isa::Vnni512 | Int8Isa::Avx2 => x86::emit_avx2,
         _ => emit_portable,
     };
-    let q = RequantOut { req, out: out.as_mut_ptr(), ldo, emit };
+    let fused: Option<FusedTile> = match isa {
+        #[cfg(engine_x86)]
+        Int8Isa::Vnni512 => Some(x86::vnni_tile_requant),
+        _ => None,
+    };
+    let q = RequantOut { req, out: out.as_mut_ptr(), ldo, emit, fused };
     let geo = Geometry {
         a: a.as_ptr(),
         lda,
@@ -229,7 +232,24 @@ struct RequantOut<'a> {
     out: *mut u8,
     ldo: usize,
     emit: Emit,
+    /// A tile that requantises from its accumulator registers, where the ISA has one (then
+    /// `emit` and the scratch block are not used).
+    fused: Option<FusedTile>,
 }
+
+/// A tile with the requantising store fused: as [`Tile`], writing u8 to `out` (row stride
+/// `q.ldo`) for output columns `col0..col0 + cols`.
+type FusedTile = unsafe fn(
+    g: &Geometry,
+    a: *const u8,
+    rows: usize,
+    b: *const i8,
+    panels: usize,
+    q: &RequantOut,
+    out: *mut u8,
+    col0: usize,
+    cols: usize,
+);
 
 /// Requantises `rows × cols` i32 at `scratch` (row stride `lds`) for output columns
 /// `col0..col0 + cols` into `out` (row stride `ldo`).
@@ -275,9 +295,13 @@ unsafe fn drive(
                 match requant {
                     None => tile(g, a, rows, b, np, g.c.add(r * g.ldc + p * PANEL), cols),
                     Some(q) => {
-                        tile(&scratch_geo, a, rows, b, np, scratch_geo.c, cols);
                         let out = q.out.add(r * q.ldo + p * PANEL);
-                        (q.emit)(scratch_geo.c, scratch_geo.ldc, rows, cols, q.req, p * PANEL, out, q.ldo);
+                        if let Some(fused) = q.fused {
+                            fused(g, a, rows, b, np, q, out, p * PANEL, cols);
+                        } else {
+                            tile(&scratch_geo, a, rows, b, np, scratch_geo.c, cols);
+                            (q.emit)(scratch_geo.c, scratch_geo.ldc, rows, cols, q.req, p * PANEL, out, q.ldo);
+                        }
                     }
                 }
                 r += rows;
@@ -386,7 +410,7 @@ unsafe fn portable_tile(
 
 #[cfg(engine_x86)]
 mod x86 {
-    use super::{a_word, Geometry, Requant, GROUP, PANEL};
+    use super::{a_word, Geometry, Requant, RequantOut, GROUP, PANEL};
     use std::arch::x86_64::*;
 
     pub const VNNI_ROWS: usize = 8;
@@ -413,55 +437,19 @@ mod x86 {
 
     // ---------------------------------------------------------------- requantising store
 
-    /// The requantising store on zmm: per 16 columns, `vcvtdq2ps` of `acc + bias` (round to
-    /// nearest, as Rust's `as f32`), `vmulps` by the multipliers, `vrndscaleps` to nearest-even,
-    /// `+ zero point`, clamp, `vcvttps2dq` (exact: an integer in [0, 255]) and `vpmovdb` to
-    /// bytes. The same f32 operations in the same order as [`super::requantize`], so the same
-    /// bytes.
-    ///
-    /// # Safety
-    /// Only after AVX-512F was detected; pointers as [`super::Emit`].
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn emit_avx512(
-        s: *const i32,
-        lds: usize,
-        rows: usize,
-        cols: usize,
-        req: &Requant,
-        col0: usize,
-        out: *mut u8,
-        ldo: usize,
-    ) {
-        let full = cols / 16 * 16;
-        let zp = _mm512_set1_ps(req.out_zero_point as f32);
-        let (lo, hi) = (_mm512_set1_ps(req.lo as f32), _mm512_set1_ps(req.hi as f32));
-        let bias = req.bias[col0..col0 + cols].as_ptr();
-        let mult = req.multiplier[col0..col0 + cols].as_ptr();
-        for r in 0..rows {
-            let acc = s.add(r * lds);
-            let dst = out.add(r * ldo);
-            let mut j = 0;
-            while j < full {
-                let sum = _mm512_add_epi32(
-                    _mm512_loadu_si512(acc.add(j) as *const _),
-                    _mm512_loadu_si512(bias.add(j) as *const _),
-                );
-                let y = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_loadu_ps(mult.add(j)));
-                let v = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y), zp);
-                let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-                _mm_storeu_si128(dst.add(j) as *mut __m128i, _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(v)));
-                j += 16;
-            }
-            for j in full..cols {
-                *dst.add(j) =
-                    super::requantize(*acc.add(j), *bias.add(j), *mult.add(j), req.out_zero_point, req.lo, req.hi);
-            }
-        }
+    /// [`super::requantize`] on 16 lanes, the same f32 operations in the same order, so the same
+    /// results: `vcvtdq2ps` of `acc + bias` (round to nearest, as Rust's `as f32`), `vmulps` by
+    /// the multipliers, `vrndscaleps` to nearest-even, `+ zero point`, clamp to [lo, hi] and
+    /// `vcvttps2dq` (exact: an integer in [0, 255]).
+    #[inline(always)]
+    unsafe fn requant16(acc: __m512i, bias: __m512i, mult: __m512, zp: __m512, lo: __m512, hi: __m512) -> __m512i {
+        let y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, bias)), mult);
+        let v = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y), zp);
+        _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi))
     }
 
-    /// The requantising store on ymm, the same steps as [`emit_avx512`] eight columns at a time
-    /// (`vpshufb` + `vpermd` gather each i32's low byte).
+    /// The requantising store on ymm (the scratch-block path of the AVX2 tiles), the steps of
+    /// [`requant16`] eight columns at a time (`vpshufb` + `vpermd` gather each i32's low byte).
     ///
     /// # Safety
     /// Only after AVX2 was detected; pointers as [`super::Emit`].
@@ -534,23 +522,115 @@ mod x86 {
     // Two thin wrappers so the row dispatch macro sees a single const parameter.
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn vnni_tile_2<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
-        vnni_kernel::<R, 2>(g, a, b, c, cols)
+        vnni_kernel::<R, 2>(g, a, b, cols, |r, p, v, live| store_i32(c.add(r * g.ldc + p * PANEL), v, live))
     }
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn vnni_tile_1<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
-        vnni_kernel::<R, 1>(g, a, b, c, cols)
+        vnni_kernel::<R, 1>(g, a, b, cols, |r, p, v, live| store_i32(c.add(r * g.ldc + p * PANEL), v, live))
+    }
+
+    #[inline(always)]
+    unsafe fn store_i32(out: *mut i32, v: __m512i, live: usize) {
+        if live == PANEL {
+            _mm512_storeu_si512(out as *mut _, v);
+        } else {
+            _mm512_mask_storeu_epi32(out, ((1u32 << live) - 1) as u16, v);
+        }
+    }
+
+    /// The VNNI tile with the requantising store fused: the accumulators are requantised in
+    /// registers ([`requant16`]) and stored as bytes (`vpmovdb` under the live-column mask).
+    ///
+    /// # Safety
+    /// Only after `Int8Isa::Vnni512` was detected; pointers as [`super::FusedTile`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn vnni_tile_requant(
+        g: &Geometry,
+        a: *const u8,
+        rows: usize,
+        b: *const i8,
+        panels: usize,
+        q: &RequantOut,
+        out: *mut u8,
+        col0: usize,
+        cols: usize,
+    ) {
+        if panels == 2 {
+            rows!(rows, vnni_requant_2, g, a, b, q, out, col0, cols)
+        } else {
+            rows!(rows, vnni_requant_1, g, a, b, q, out, col0, cols)
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn vnni_requant_2<const R: usize>(
+        g: &Geometry,
+        a: *const u8,
+        b: *const i8,
+        q: &RequantOut,
+        out: *mut u8,
+        col0: usize,
+        cols: usize,
+    ) {
+        vnni_requant::<R, 2>(g, a, b, q, out, col0, cols)
+    }
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn vnni_requant_1<const R: usize>(
+        g: &Geometry,
+        a: *const u8,
+        b: *const i8,
+        q: &RequantOut,
+        out: *mut u8,
+        col0: usize,
+        cols: usize,
+    ) {
+        vnni_requant::<R, 1>(g, a, b, q, out, col0, cols)
+    }
+
+    #[inline(always)]
+    unsafe fn vnni_requant<const R: usize, const P: usize>(
+        g: &Geometry,
+        a: *const u8,
+        b: *const i8,
+        q: &RequantOut,
+        out: *mut u8,
+        col0: usize,
+        cols: usize,
+    ) {
+        let req = q.req;
+        let zp = _mm512_set1_ps(req.out_zero_point as f32);
+        let (lo, hi) = (_mm512_set1_ps(req.lo as f32), _mm512_set1_ps(req.hi as f32));
+        // The bias and multipliers of the tile's columns, loaded under the live-column mask
+        // (the slices end at the real channel count).
+        let bias = req.bias[col0..col0 + cols].as_ptr();
+        let mult = req.multiplier[col0..col0 + cols].as_ptr();
+        let mask = |p: usize| {
+            let live = cols.saturating_sub(p * PANEL).min(PANEL);
+            if live == PANEL {
+                u16::MAX
+            } else {
+                ((1u32 << live) - 1) as u16
+            }
+        };
+        let bv: [__m512i; P] = std::array::from_fn(|p| _mm512_maskz_loadu_epi32(mask(p), bias.wrapping_add(p * PANEL)));
+        let mv: [__m512; P] = std::array::from_fn(|p| _mm512_maskz_loadu_ps(mask(p), mult.wrapping_add(p * PANEL)));
+        vnni_kernel::<R, P>(g, a, b, cols, |r, p, v, _live| {
+            let bytes = requant16(v, bv[p], mv[p], zp, lo, hi);
+            _mm512_mask_cvtepi32_storeu_epi8(out.add(r * q.ldo + p * PANEL) as *mut _, mask(p), bytes);
+        })
     }
 
     /// `R` rows × `P` panels of i32 accumulators in zmm; per group of 4 `k`, one broadcast of A per
-    /// row and one load of B per panel feed `R·P` `vpdpbusd`.
+    /// row and one load of B per panel feed `R·P` `vpdpbusd`. `store(row, panel, sums, live
+    /// columns)` takes each finished vector.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn vnni_kernel<const R: usize, const P: usize>(
         g: &Geometry,
         a: *const u8,
         b: *const i8,
-        c: *mut i32,
         cols: usize,
+        mut store: impl FnMut(usize, usize, __m512i, usize),
     ) {
         let mut acc = [[_mm512_setzero_si512(); P]; R];
         let groups = g.k.div_ceil(GROUP);
@@ -578,12 +658,9 @@ mod x86 {
         }
         for (r, acc) in acc.iter().enumerate() {
             for (p, v) in acc.iter().enumerate() {
-                let out = c.add(r * g.ldc + p * PANEL);
                 let live = cols.saturating_sub(p * PANEL).min(PANEL);
-                if live == PANEL {
-                    _mm512_storeu_si512(out as *mut _, *v);
-                } else if live > 0 {
-                    _mm512_mask_storeu_epi32(out, ((1u32 << live) - 1) as u16, *v);
+                if live > 0 {
+                    store(r, p, *v, live);
                 }
             }
         }

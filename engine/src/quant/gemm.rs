@@ -164,6 +164,8 @@ pub fn gemm_u8s8_requant(
     let fused: Option<FusedTile> = match isa {
         #[cfg(engine_x86)]
         Int8Isa::Vnni512 => Some(x86::vnni_tile_requant),
+        #[cfg(engine_x86)]
+        Int8Isa::Avx2 if b.seven_bit => Some(x86::avx2_maddubs_requant),
         _ => None,
     };
     let q = RequantOut { req, out: out.as_mut_ptr(), ldo, emit, fused };
@@ -448,6 +450,26 @@ mod x86 {
         _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi))
     }
 
+    /// [`requant16`] on 8 lanes (ymm, AVX2): the i32 results in [lo, hi].
+    #[inline(always)]
+    unsafe fn requant8(acc: __m256i, bias: __m256i, mult: __m256, zp: __m256, lo: __m256, hi: __m256) -> __m256i {
+        let y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bias)), mult);
+        let v = _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y), zp);
+        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
+    }
+
+    /// The low byte of each of 8 i32 (each in [0, 255]), in the low 8 bytes: byte 0 of each i32
+    /// to its lane's first four bytes (`vpshufb`), then lane 1's dword next to lane 0's (`vpermd`).
+    #[inline(always)]
+    unsafe fn bytes8(v: __m256i) -> __m128i {
+        let low_bytes = _mm256_setr_epi8(
+            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+            -1, -1, -1, -1,
+        );
+        let gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
+        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, low_bytes), gather))
+    }
+
     /// The requantising store on ymm (the scratch-block path of the AVX2 tiles), the steps of
     /// [`requant16`] eight columns at a time (`vpshufb` + `vpermd` gather each i32's low byte).
     ///
@@ -468,12 +490,6 @@ mod x86 {
         let full = cols / 8 * 8;
         let zp = _mm256_set1_ps(req.out_zero_point as f32);
         let (lo, hi) = (_mm256_set1_ps(req.lo as f32), _mm256_set1_ps(req.hi as f32));
-        // Byte 0 of each i32 to the lane's first four bytes, then lane 1's dword next to lane 0's.
-        let low_bytes = _mm256_setr_epi8(
-            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
-            -1, -1, -1, -1,
-        );
-        let gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
         let bias = req.bias[col0..col0 + cols].as_ptr();
         let mult = req.multiplier[col0..col0 + cols].as_ptr();
         for r in 0..rows {
@@ -481,15 +497,15 @@ mod x86 {
             let dst = out.add(r * ldo);
             let mut j = 0;
             while j < full {
-                let sum = _mm256_add_epi32(
+                let v = requant8(
                     _mm256_loadu_si256(acc.add(j) as *const __m256i),
                     _mm256_loadu_si256(bias.add(j) as *const __m256i),
+                    _mm256_loadu_ps(mult.add(j)),
+                    zp,
+                    lo,
+                    hi,
                 );
-                let y = _mm256_mul_ps(_mm256_cvtepi32_ps(sum), _mm256_loadu_ps(mult.add(j)));
-                let v = _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y), zp);
-                let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-                let bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(_mm256_cvttps_epi32(v), low_bytes), gather);
-                _mm_storel_epi64(dst.add(j) as *mut __m128i, _mm256_castsi256_si128(bytes));
+                _mm_storel_epi64(dst.add(j) as *mut __m128i, bytes8(v));
                 j += 8;
             }
             for j in full..cols {
@@ -680,7 +696,74 @@ mod x86 {
         c: *mut i32,
         cols: usize,
     ) {
-        rows!(rows, avx2_maddubs_kernel, g, a, b, c, cols)
+        rows!(rows, avx2_maddubs_i32, g, a, b, c, cols)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2_maddubs_i32<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
+        avx2_maddubs_kernel::<R>(g, a, b, |r, lo, hi| store16(c.add(r * g.ldc), lo, hi, cols))
+    }
+
+    /// The `vpmaddubsw` tile with the requantising store fused (from the accumulator registers,
+    /// [`requant8`]).
+    ///
+    /// # Safety
+    /// As [`avx2_maddubs_tile`]; pointers as [`super::FusedTile`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn avx2_maddubs_requant(
+        g: &Geometry,
+        a: *const u8,
+        rows: usize,
+        b: *const i8,
+        _p: usize,
+        q: &RequantOut,
+        out: *mut u8,
+        col0: usize,
+        cols: usize,
+    ) {
+        rows!(rows, avx2_maddubs_u8, g, a, b, q, out, col0, cols)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2_maddubs_u8<const R: usize>(
+        g: &Geometry,
+        a: *const u8,
+        b: *const i8,
+        q: &RequantOut,
+        out: *mut u8,
+        col0: usize,
+        cols: usize,
+    ) {
+        let req = q.req;
+        // The panel's bias and multipliers, zero-padded past the real columns (a copy only for
+        // a partial panel). They are loaded inside the store, after the k loop: held in ymm
+        // across it they would push the accumulators out of AVX2's 16 registers.
+        let mut bpad = [0i32; PANEL];
+        let mut mpad = [0f32; PANEL];
+        let (bp, mp) = if cols == PANEL {
+            (req.bias[col0..col0 + PANEL].as_ptr(), req.multiplier[col0..col0 + PANEL].as_ptr())
+        } else {
+            bpad[..cols].copy_from_slice(&req.bias[col0..col0 + cols]);
+            mpad[..cols].copy_from_slice(&req.multiplier[col0..col0 + cols]);
+            (bpad.as_ptr(), mpad.as_ptr())
+        };
+        let (zp, lo, hi) = (req.out_zero_point as f32, req.lo as f32, req.hi as f32);
+        avx2_maddubs_kernel::<R>(g, a, b, |r, v0, v1| {
+            let (zp, lo, hi) = (_mm256_set1_ps(zp), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            let b0 = _mm256_loadu_si256(bp as *const __m256i);
+            let b1 = _mm256_loadu_si256(bp.add(8) as *const __m256i);
+            let b0 = bytes8(requant8(v0, b0, _mm256_loadu_ps(mp), zp, lo, hi));
+            let b1 = bytes8(requant8(v1, b1, _mm256_loadu_ps(mp.add(8)), zp, lo, hi));
+            let bytes = _mm_unpacklo_epi64(b0, b1);
+            let dst = out.add(r * q.ldo);
+            if cols == PANEL {
+                _mm_storeu_si128(dst as *mut __m128i, bytes);
+            } else {
+                let mut tmp = [0u8; PANEL];
+                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+            }
+        })
     }
 
     /// Stores two ymm of i32 (16 columns) to `out`, of which `cols` are real.
@@ -700,7 +783,12 @@ mod x86 {
     /// Per group: `vpmaddubsw` (u8·s8, adjacent pairs summed into i16 — exact for 7-bit weights),
     /// then `vpmaddwd` by ones (the two pairs of each column into its i32), then add.
     #[target_feature(enable = "avx2")]
-    unsafe fn avx2_maddubs_kernel<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
+    unsafe fn avx2_maddubs_kernel<const R: usize>(
+        g: &Geometry,
+        a: *const u8,
+        b: *const i8,
+        mut store: impl FnMut(usize, __m256i, __m256i),
+    ) {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_si256(); 2]; R];
         let groups = g.k.div_ceil(GROUP);
@@ -726,7 +814,7 @@ mod x86 {
             step(&mut acc, full, true);
         }
         for (r, acc) in acc.iter().enumerate() {
-            store16(c.add(r * g.ldc), acc[0], acc[1], cols);
+            store(r, acc[0], acc[1]);
         }
     }
 

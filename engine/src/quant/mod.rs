@@ -13,16 +13,18 @@
 //!   [`gemm::gemm_u8s8`]) with a `vpdpbusd` kernel, two AVX2 kernels (`vpmaddubsw` when the
 //!   weights fit 7 bits, a widening `vpmaddwd` one otherwise, so saturation can never happen) and
 //!   a portable one, all exact against [`gemm::gemm_reference`]; and with the requantising
-//!   store ([`gemm::gemm_u8s8_requant`]: u8 out, bit-identical to [`scheme::requantize`]).
+//!   store ([`gemm::gemm_u8s8_requant`]: u8 out, bit-identical to [`scheme::requantize`];
+//!   from the accumulator registers on VNNI and AVX2 `vpmaddubsw`, through an L1 block
+//!   elsewhere).
 //! - [`mod@bench`]: the GEMM's speed probe against the f32 GEMM (`cargo run --release -p
 //!   mobilenet-engine --example int8_gemm`; figures in docs/BENCHMARKS.md, "int8 GEMM").
 //!
 //! The plan (issue 14's remaining points), in order:
-//! 1. The GEMM: requantise straight from the accumulator registers (today each tile's i32 goes
-//!    through an L1 scratch block: 5–15% of the GEMM's time, docs/BENCHMARKS.md); the residual
-//!    add in the requantised domain; rows split over threads like the f32 GEMM; an AVX-VNNI
-//!    (ymm `vpdpbusd`, Alder Lake / Zen 5) kernel; an aarch64 `sdot` kernel; quantise weights to
-//!    7 bits where only the AVX2 kernels exist (the widening 8-bit path is slower than f32).
+//! 1. The GEMM: the residual add in the requantised domain; rows split over threads like the
+//!    f32 GEMM (`gemm_u8s8*` are single-threaded today); an AVX-VNNI (ymm `vpdpbusd`, Alder
+//!    Lake / Zen 5) kernel; an aarch64 `sdot` kernel and a faster portable store; the AVX2
+//!    store's cost at small k (docs/BENCHMARKS.md); quantise weights to 7 bits where only the
+//!    AVX2 kernels exist (the widening 8-bit path is slower than f32).
 //! 2. Depthwise 3x3/5x5 u8 kernels (i16/i32 widening, per-channel weights), the stem (3x3 s2 on
 //!    3 channels: im2col into the GEMM or a direct kernel), squeeze-excite and hard-swish /
 //!    hard-sigmoid (lookup tables over the 256 input codes are exact and cheap), average pool and

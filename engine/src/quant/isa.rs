@@ -17,20 +17,31 @@ pub enum Int8Isa {
 
 impl Int8Isa {
     /// The best this CPU has. `MOBILENET_ENGINE_INT8_ISA=portable|avx2|vnni512` caps it (a request
-    /// for more than the CPU has falls back to what it has); `MOBILENET_ENGINE_ISA=portable`, which
-    /// caps the f32 kernels, caps these too, so one switch gives a portable-only run.
+    /// for more than the CPU has falls back to what it has); without it, the f32 kernels' cap
+    /// `MOBILENET_ENGINE_ISA=portable|avx2` caps these too (`avx2`: the AVX2 int8 kernels, so
+    /// an AVX2-proxy run measures what an AVX2-only CPU would run).
     pub fn detect() -> Int8Isa {
-        let best = Self::best_available();
-        let cap = |v: &str| match v.trim() {
+        Self::capped(
+            Self::best_available(),
+            std::env::var("MOBILENET_ENGINE_INT8_ISA").ok().as_deref(),
+            std::env::var("MOBILENET_ENGINE_ISA").ok().as_deref(),
+        )
+    }
+
+    /// `best` under the two overrides' values (unknown values are ignored).
+    fn capped(best: Int8Isa, int8: Option<&str>, f32: Option<&str>) -> Int8Isa {
+        let parse = |v: &str| match v.trim() {
             "portable" => Some(Int8Isa::Portable),
             "avx2" => Some(Int8Isa::Avx2),
             "vnni512" | "avx512vnni" => Some(Int8Isa::Vnni512),
             _ => None,
         };
-        let wanted = std::env::var("MOBILENET_ENGINE_INT8_ISA").ok().and_then(|v| cap(&v)).or_else(|| {
-            std::env::var("MOBILENET_ENGINE_ISA").ok().filter(|v| v.trim() == "portable").map(|_| Int8Isa::Portable)
-        });
-        match wanted {
+        let from_f32 = |v: &str| match v.trim() {
+            "portable" => Some(Int8Isa::Portable),
+            "avx2" => Some(Int8Isa::Avx2),
+            _ => None,
+        };
+        match int8.and_then(parse).or_else(|| f32.and_then(from_f32)) {
             Some(w) if w.rank() < best.rank() => w,
             _ => best,
         }
@@ -90,5 +101,23 @@ mod tests {
         assert!(all.contains(&Int8Isa::detect()));
         #[cfg(not(engine_x86))]
         assert_eq!(all, vec![Int8Isa::Portable]);
+    }
+
+    #[test]
+    fn overrides_cap_and_never_raise() {
+        use Int8Isa::*;
+        let c = Int8Isa::capped;
+        assert_eq!(c(Vnni512, None, None), Vnni512);
+        assert_eq!(c(Vnni512, Some("avx2"), None), Avx2);
+        assert_eq!(c(Vnni512, Some(" portable "), None), Portable);
+        assert_eq!(c(Avx2, Some("vnni512"), None), Avx2); // more than the CPU has
+        assert_eq!(c(Portable, Some("avx2"), None), Portable);
+        assert_eq!(c(Vnni512, Some("nonsense"), None), Vnni512);
+        // The f32 cap applies when the int8 one is absent or unknown.
+        assert_eq!(c(Vnni512, None, Some("avx2")), Avx2);
+        assert_eq!(c(Vnni512, None, Some("portable")), Portable);
+        assert_eq!(c(Vnni512, None, Some("avx512")), Vnni512);
+        assert_eq!(c(Vnni512, Some("vnni512"), Some("portable")), Vnni512);
+        assert_eq!(c(Vnni512, Some("portable"), Some("avx2")), Portable);
     }
 }

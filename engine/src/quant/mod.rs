@@ -8,7 +8,7 @@
 //!   [`scheme::requantize`]; float multiplier per channel, the input zero point folded into the
 //!   bias).
 //! - [`isa`]: [`Int8Isa`] (AVX512-VNNI, AVX2, portable), detected at run time, capped by
-//!   `MOBILENET_ENGINE_INT8_ISA=portable|avx2|vnni512` (and by `MOBILENET_ENGINE_ISA=portable`).
+//!   `MOBILENET_ENGINE_INT8_ISA=portable|avx2|vnni512` (else by `MOBILENET_ENGINE_ISA=portable|avx2`).
 //! - [`gemm`]: the u8 × s8 → i32 GEMM over packed B panels ([`gemm::PackedB`],
 //!   [`gemm::gemm_u8s8`]) with a `vpdpbusd` kernel, two AVX2 kernels (`vpmaddubsw` when the
 //!   weights fit 7 bits, a widening `vpmaddwd` one otherwise, so saturation can never happen) and

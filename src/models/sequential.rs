@@ -73,7 +73,7 @@ impl<T: SequentialChild> SequentialChild for Vec<T> {
 
 /// Declares a module struct whose children are numbered like an `nn.Sequential`.
 ///
-/// ```ignore
+/// ```text
 /// sequential! {
 ///     /// torchvision's `Conv2dNormActivation`: children `0` (conv) and `1` (norm).
 ///     pub struct Conv2dNormActivation {

@@ -370,6 +370,59 @@ impl OptVector for Lanes {
     }
 }
 
+/// [`rule`] over one tensor in place, [`LANES`] elements at a time: the rule's branches are
+/// taken once per group and each of its operations is a loop over the group, which the compiler
+/// turns into vector instructions. `buffers`: the tensor's state and whether it existed before
+/// (else it is read as absent and written from scratch); on return, whether it holds state.
+#[allow(clippy::too_many_arguments)]
+fn fused_update(
+    c: &OptimizerConfig,
+    t: u64,
+    decays: bool,
+    p: &mut [f32],
+    grad: &[f32],
+    grad_scale: f64,
+    lr: f64,
+    buffers: &mut [Option<(Vec<f32>, bool)>; 2],
+) {
+    let existed = buffers.each_ref().map(|b| b.as_ref().is_some_and(|b| b.1));
+    let mut wrote = [false; 2];
+    let [b0, b1] = buffers;
+    let (mut b0, mut b1) = (b0.as_mut().map(|b| b.0.as_mut_slice()), b1.as_mut().map(|b| b.0.as_mut_slice()));
+    let n = p.len();
+    let mut i = 0;
+    while i < n {
+        let len = LANES.min(n - i);
+        let load = |src: &[f32]| {
+            let mut v = [0.0f32; LANES];
+            v[..len].copy_from_slice(&src[i..i + len]);
+            Lanes(v)
+        };
+        let mut g = load(grad);
+        if grad_scale < 1.0 {
+            g = g.mul_scalar(grad_scale);
+        }
+        let state = [b0.as_deref().filter(|_| existed[0]).map(load), b1.as_deref().filter(|_| existed[1]).map(load)];
+        let (value, [n0, n1]) = rule(c, t, decays, load(p), g, lr, state);
+        p[i..i + len].copy_from_slice(&value.0[..len]);
+        if let (Some(b), Some(v)) = (b0.as_deref_mut(), n0) {
+            b[i..i + len].copy_from_slice(&v.0[..len]);
+            wrote[0] = true;
+        }
+        if let (Some(b), Some(v)) = (b1.as_deref_mut(), n1) {
+            b[i..i + len].copy_from_slice(&v.0[..len]);
+            wrote[1] = true;
+        }
+        i += len;
+    }
+    // A buffer is state from now on if it was, or if the rule wrote it.
+    for (b, wrote) in buffers.iter_mut().zip(wrote) {
+        if let Some(b) = b {
+            b.1 |= wrote;
+        }
+    }
+}
+
 impl Optimizer<Tensor<1>> {
     /// Applies one update to every parameter that has a gradient and for which `trainable`
     /// says yes (frozen parameters keep their value and their optimizer state).
@@ -436,50 +489,49 @@ impl Optimizer<HostVector> {
     /// the buffers updated in place: the same arithmetic as [`Optimizer::update_vector`] (the
     /// same bits), without a temporary per operation.
     pub fn update_in_place(&mut self, path: &str, p: &mut [f32], rank: usize, grad: &[f32], grad_scale: f64, lr: f64) {
-        let decays = self.decays(rank);
-        let names = buffer_names(self.config.kind);
-        let key = |name: &str| format!("{path}/{name}");
-        let mut buffers: [Option<Vec<f32>>; 2] = names.map(|n| n.and_then(|n| self.state.remove(&key(n))).map(|b| b.0));
-        // Which buffers exist before the update (read) and after it (written; new ones start here).
-        let existed = [buffers[0].is_some(), buffers[1].is_some()];
-        let (c, t) = (self.config, self.steps);
-        for (k, name) in names.iter().enumerate() {
-            if name.is_some() && buffers[k].is_none() {
-                buffers[k] = Some(vec![0.0; p.len()]);
-            }
+        let mut buffers = self.take_buffers(path, p.len());
+        fused_update(&self.config, self.steps, self.decays(rank), p, grad, grad_scale, lr, &mut buffers);
+        self.put_buffers(path, buffers);
+    }
+
+    /// [`Optimizer::update_in_place`] for many tensors at once, `(path, values, rank, gradient)`
+    /// each, spread over rayon's threads (each tensor's arithmetic is unchanged, so the result
+    /// does not depend on the thread count).
+    pub fn update_many_in_place(&mut self, tensors: Vec<(&str, &mut [f32], usize, &[f32])>, grad_scale: f64, lr: f64) {
+        use rayon::prelude::*;
+        let mut work: Vec<_> = tensors
+            .into_iter()
+            .map(|(path, p, rank, grad)| {
+                let buffers = self.take_buffers(path, p.len());
+                (path, p, self.decays(rank), grad, buffers)
+            })
+            .collect();
+        let (c, t) = (&self.config, self.steps);
+        work.par_iter_mut()
+            .with_min_len(4)
+            .for_each(|(_, p, decays, grad, buffers)| fused_update(c, t, *decays, p, grad, grad_scale, lr, buffers));
+        for (path, _, _, _, buffers) in work {
+            self.put_buffers(path, buffers);
         }
-        let [b0, b1] = &mut buffers;
-        let (mut b0, mut b1) = (b0.as_deref_mut(), b1.as_deref_mut());
-        // LANES elements at a time: the rule's branches are taken once per group and each of its
-        // operations is a loop over the group, which the compiler turns into vector instructions.
-        let n = p.len();
-        let mut i = 0;
-        while i < n {
-            let len = LANES.min(n - i);
-            let load = |src: &[f32]| {
-                let mut v = [0.0f32; LANES];
-                v[..len].copy_from_slice(&src[i..i + len]);
-                Lanes(v)
-            };
-            let mut g = load(grad);
-            if grad_scale < 1.0 {
-                g = g.mul_scalar(grad_scale);
-            }
-            let state =
-                [b0.as_deref().filter(|_| existed[0]).map(load), b1.as_deref().filter(|_| existed[1]).map(load)];
-            let (value, [n0, n1]) = rule(&c, t, decays, load(p), g, lr, state);
-            p[i..i + len].copy_from_slice(&value.0[..len]);
-            if let (Some(b), Some(v)) = (b0.as_deref_mut(), n0) {
-                b[i..i + len].copy_from_slice(&v.0[..len]);
-            }
-            if let (Some(b), Some(v)) = (b1.as_deref_mut(), n1) {
-                b[i..i + len].copy_from_slice(&v.0[..len]);
-            }
-            i += len;
-        }
-        for (name, buffer) in names.into_iter().zip(buffers) {
-            if let (Some(name), Some(buffer)) = (name, buffer) {
-                self.state.insert(key(name), HostVector(buffer));
+    }
+
+    /// The state buffers of the tensor at `path`, taken out of the state; a buffer the rule keeps
+    /// but the tensor does not have yet is `(zeros, false)`.
+    fn take_buffers(&mut self, path: &str, len: usize) -> [Option<(Vec<f32>, bool)>; 2] {
+        buffer_names(self.config.kind).map(|name| {
+            let name = name?;
+            Some(match self.state.remove(&format!("{path}/{name}")) {
+                Some(b) => (b.0, true),
+                None => (vec![0.0; len], false),
+            })
+        })
+    }
+
+    /// Returns the buffers that hold state (as [`fused_update`] marks them) to the state.
+    fn put_buffers(&mut self, path: &str, buffers: [Option<(Vec<f32>, bool)>; 2]) {
+        for (name, buffer) in buffer_names(self.config.kind).into_iter().zip(buffers) {
+            if let (Some(name), Some((buffer, true))) = (name, buffer) {
+                self.state.insert(format!("{path}/{name}"), HostVector(buffer));
             }
         }
     }

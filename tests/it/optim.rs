@@ -89,8 +89,9 @@ fn python_reference(logits: &[[f64; 3]], targets: &[usize], eps: f64) -> f32 {
     (total / logits.len() as f64) as f32
 }
 
-/// The CPU trainer's fused in-place update (the rule element by element) gives the same bits as
-/// the rule over whole vectors, for every optimizer, with weight decay on a matrix and not on a
+/// The CPU trainer's fused in-place update (the rule over groups of elements, one tensor or many
+/// at once) gives the same bits and keeps the same state as the rule over whole vectors, for
+/// every optimizer, with and without momentum, with weight decay on a matrix and not on a
 /// vector, and with a clipping scale.
 #[test]
 fn in_place_update_matches_the_vector_rule_bit_for_bit() {
@@ -102,9 +103,10 @@ fn in_place_update_matches_the_vector_rule_bit_for_bit() {
             .collect()
     };
     for kind in [OptimizerKind::Sgd, OptimizerKind::Rmsproptf, OptimizerKind::Adamw] {
-        for nesterov in [false, true] {
+        for (nesterov, momentum) in [(false, 0.9), (true, 0.9), (false, 0.0)] {
             let mut config = OptimizerConfig::new(kind);
             config.nesterov = nesterov && kind == OptimizerKind::Sgd;
+            config.momentum = momentum;
             config.weight_decay = 0.01;
             let mut vector = Optimizer::<HostVector>::new(config);
             let mut fused = Optimizer::<HostVector>::new(config);
@@ -117,9 +119,17 @@ fn in_place_update_matches_the_vector_rule_bit_for_bit() {
                     fused.steps += 1;
                     let g = HostVector(grad.iter().map(|&g| if scale < 1.0 { g * scale as f32 } else { g }).collect());
                     a = vector.update_vector(path, HostVector(a), rank, g, 0.05).0;
-                    fused.update_in_place(path, &mut b, rank, &grad, scale, 0.05);
+                    if path == "w" {
+                        fused.update_in_place(path, &mut b, rank, &grad, scale, 0.05);
+                    } else {
+                        fused.update_many_in_place(vec![(path, &mut b, rank, &grad)], scale, 0.05);
+                    }
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&a), bits(&b), "{kind:?} nesterov {nesterov} {path} step {step}");
+                    assert_eq!(
+                        bits(&a),
+                        bits(&b),
+                        "{kind:?} nesterov {nesterov} momentum {momentum} {path} step {step}"
+                    );
                 }
                 vector.steps = 0;
                 fused.steps = 0;

@@ -157,12 +157,7 @@ pub(super) fn bench_train(args: BenchTrainArgs) -> anyhow::Result<()> {
                     return;
                 }
                 optimizer.steps += 1;
-                let tensors = trainer
-                    .weights_mut()
-                    .into_iter()
-                    .map(|(key, value, grad)| (key, value, ranks[key], grad))
-                    .collect();
-                optimizer.update_many_in_place(tensors, 1.0, 0.1);
+                trainer.update(|key, value, grad| optimizer.update_in_place(key, value, ranks[key], grad, 1.0, 0.1));
             });
             if let Some(e) = failure {
                 return Err(e.into());

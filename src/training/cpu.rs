@@ -137,14 +137,11 @@ impl CpuSteps {
         };
         self.optimizer.steps += 1;
         let (optimizer, ranks) = (&mut self.optimizer, &self.ranks);
-        let tensors = self
-            .trainer
-            .weights_mut()
-            .into_iter()
-            .filter(|(key, _, _)| trainable(key))
-            .map(|(key, value, grad)| (key, value, ranks[key], grad))
-            .collect();
-        optimizer.update_many_in_place(tensors, scale, lr);
+        self.trainer.update(|key, value, grad| {
+            if trainable(key) {
+                optimizer.update_in_place(key, value, ranks[key], grad, scale, lr);
+            }
+        });
         if let (Some(values), Some(ema)) = (self.ema.as_mut(), ema) {
             let d = ema.next_decay();
             for ((_, _, current), e) in self.trainer.params().zip(values.iter_mut()) {

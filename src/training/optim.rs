@@ -494,27 +494,6 @@ impl Optimizer<HostVector> {
         self.put_buffers(path, buffers);
     }
 
-    /// [`Optimizer::update_in_place`] for many tensors at once, `(path, values, rank, gradient)`
-    /// each, spread over rayon's threads (each tensor's arithmetic is unchanged, so the result
-    /// does not depend on the thread count).
-    pub fn update_many_in_place(&mut self, tensors: Vec<(&str, &mut [f32], usize, &[f32])>, grad_scale: f64, lr: f64) {
-        use rayon::prelude::*;
-        let mut work: Vec<_> = tensors
-            .into_iter()
-            .map(|(path, p, rank, grad)| {
-                let buffers = self.take_buffers(path, p.len());
-                (path, p, self.decays(rank), grad, buffers)
-            })
-            .collect();
-        let (c, t) = (&self.config, self.steps);
-        work.par_iter_mut()
-            .with_min_len(4)
-            .for_each(|(_, p, decays, grad, buffers)| fused_update(c, t, *decays, p, grad, grad_scale, lr, buffers));
-        for (path, _, _, _, buffers) in work {
-            self.put_buffers(path, buffers);
-        }
-    }
-
     /// The state buffers of the tensor at `path`, taken out of the state; a buffer the rule keeps
     /// but the tensor does not have yet is `(zeros, false)`.
     fn take_buffers(&mut self, path: &str, len: usize) -> [Option<(Vec<f32>, bool)>; 2] {

@@ -89,8 +89,7 @@ fn python_reference(logits: &[[f64; 3]], targets: &[usize], eps: f64) -> f32 {
     (total / logits.len() as f64) as f32
 }
 
-/// The CPU trainer's fused in-place update (the rule over groups of elements, one tensor or many
-/// at once) gives the same bits and keeps the same state as the rule over whole vectors, for
+/// The CPU trainer's fused in-place update (the rule over groups of elements) gives the same bits and keeps the same state as the rule over whole vectors, for
 /// every optimizer, with and without momentum, with weight decay on a matrix and not on a
 /// vector, and with a clipping scale.
 #[test]
@@ -119,11 +118,7 @@ fn in_place_update_matches_the_vector_rule_bit_for_bit() {
                     fused.steps += 1;
                     let g = HostVector(grad.iter().map(|&g| if scale < 1.0 { g * scale as f32 } else { g }).collect());
                     a = vector.update_vector(path, HostVector(a), rank, g, 0.05).0;
-                    if path == "w" {
-                        fused.update_in_place(path, &mut b, rank, &grad, scale, 0.05);
-                    } else {
-                        fused.update_many_in_place(vec![(path, &mut b, rank, &grad)], scale, 0.05);
-                    }
+                    fused.update_in_place(path, &mut b, rank, &grad, scale, 0.05);
                     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                     assert_eq!(
                         bits(&a),

@@ -400,18 +400,6 @@ impl Trainer {
         self.dirty = true;
     }
 
-    /// Every trained parameter as `(key, values, gradient)`, disjoint, for an optimizer that
-    /// updates several at once (the packed copies are rebuilt before the next pass).
-    pub fn weights_mut(&mut self) -> Vec<(&str, &mut [f32], &[f32])> {
-        self.dirty = true;
-        self.params
-            .all_mut()
-            .into_iter()
-            .filter(|(e, _, _)| e.kind == ParamKind::Weight)
-            .map(|(e, v, g)| (e.key.as_str(), v, g))
-            .collect()
-    }
-
     /// Plain SGD: `w -= lr · grad`.
     pub fn sgd(&mut self, lr: f32) {
         self.update(|_, v, g| v.iter_mut().zip(g).for_each(|(v, g)| *v -= lr * g));

@@ -78,22 +78,6 @@ impl ParamStore {
         (e, &mut self.values[e.offset..e.offset + e.len], &self.grads[e.offset..e.offset + e.len])
     }
 
-    /// Every tensor's entry, values (mutable, disjoint) and gradient, in registration order.
-    pub fn all_mut(&mut self) -> Vec<(&ParamEntry, &mut [f32], &[f32])> {
-        let mut rest: &mut [f32] = &mut self.values;
-        let mut pos = 0;
-        let mut out = Vec::with_capacity(self.entries.len());
-        for e in &self.entries {
-            // Entries are laid out one after another in registration order.
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(e.offset - pos);
-            let (values, tail) = tail.split_at_mut(e.len);
-            rest = tail;
-            pos = e.offset + e.len;
-            out.push((e, values, &self.grads[e.offset..e.offset + e.len]));
-        }
-        out
-    }
-
     /// Copies `data` into the tensor `key`, checking its length (and shape, if given).
     pub fn load(&mut self, key: &str, shape: Option<&[usize]>, data: &[f32]) -> Result<()> {
         let id = self.id(key).ok_or_else(|| EngineError::Spec(format!("no parameter '{key}' in this model")))?;

@@ -150,6 +150,11 @@ pub fn parameter_paths<M: Module>(module: &M) -> Vec<(String, Vec<usize>)> {
     visit_keyed(module, Paths(Vec::new())).0
 }
 
+/// A BatchNorm running statistic (a buffer: no gradient, no optimizer state), by its key.
+pub fn is_running_stat(key: &str) -> bool {
+    key.ends_with(".running_mean") || key.ends_with(".running_var")
+}
+
 /// `[rows][cols]` → `[cols][rows]`: between burn's Linear layout `[in, out]` and torch's
 /// `[out, in]`.
 pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {

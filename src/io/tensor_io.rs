@@ -31,43 +31,44 @@ impl HostTensor {
     }
 }
 
-/// Reads every tensor of a safetensors file; each must be f32.
-pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+/// A safetensors file's bytes (a missing file is [`Error::NotFound`]).
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::NotFound { path: path.to_path_buf() },
         _ => Error::file(path, e),
-    })?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
-    let mut out = HashMap::new();
-    for (name, view) in st.tensors() {
-        if view.dtype() != Dtype::F32 {
-            return Err(Error::file(path, format!("tensor '{name}' has dtype {:?}; expected F32", view.dtype())));
-        }
-        let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        out.insert(name, HostTensor { shape: view.shape().to_vec(), data });
-    }
-    Ok(out)
+    })
 }
 
-/// Reads one named tensor, which must be f32 (the file's other tensors may be anything).
-pub fn read_tensor(path: &Path, name: &str) -> Result<HostTensor> {
-    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::NotFound { path: path.to_path_buf() },
-        _ => Error::file(path, e),
-    })?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))?;
-    let view = st.tensor(name).map_err(|_| {
-        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
-        names.sort();
-        Error::file(path, format!("no tensor named '{name}' (found: {})", names.join(", ")))
-    })?;
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<SafeTensors<'a>> {
+    SafeTensors::deserialize(bytes).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))
+}
+
+/// One tensor as f32 host data; any other dtype is an error naming the tensor.
+fn host_f32(path: &Path, name: &str, view: &safetensors::tensor::TensorView<'_>) -> Result<HostTensor> {
     if view.dtype() != Dtype::F32 {
         return Err(Error::file(path, format!("tensor '{name}' has dtype {:?}; expected F32", view.dtype())));
     }
     let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     Ok(HostTensor { shape: view.shape().to_vec(), data })
+}
+
+/// Reads every tensor of a safetensors file; each must be f32.
+pub fn read_tensors(path: &Path) -> Result<HashMap<String, HostTensor>> {
+    let bytes = read_file(path)?;
+    let st = parse(path, &bytes)?;
+    st.tensors().into_iter().map(|(name, view)| Ok((name.clone(), host_f32(path, &name, &view)?))).collect()
+}
+
+/// Reads one named tensor, which must be f32 (the file's other tensors may be anything).
+pub fn read_tensor(path: &Path, name: &str) -> Result<HostTensor> {
+    let bytes = read_file(path)?;
+    let st = parse(path, &bytes)?;
+    let view = st.tensor(name).map_err(|_| {
+        let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+        names.sort();
+        Error::file(path, format!("no tensor named '{name}' (found: {})", names.join(", ")))
+    })?;
+    host_f32(path, name, &view)
 }
 
 /// Writes named f32 tensors, atomically (temporary file, then rename).

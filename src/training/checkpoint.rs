@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::io::tensor_io::{read_tensors, serialize_tensors, HostTensor};
 use crate::io::{params, weights};
 use crate::models::MobileNet;
-use crate::training::optim::{Optimizer, OptimizerKind};
+use crate::training::optim::{trainable_filter, Optimizer};
 use crate::training::TrainConfig;
 
 const STATE_KEY: &str = "mobilenet.train_state";
@@ -87,17 +87,6 @@ pub fn to_bytes(
 }
 
 /// The optimizer buffers every trained tensor has after the first step.
-fn optimizer_buffers(config: &TrainConfig) -> Vec<&'static str> {
-    let o = &config.optimizer;
-    match o.kind {
-        OptimizerKind::Sgd if o.momentum > 0.0 => vec!["momentum_buffer"],
-        OptimizerKind::Sgd => vec![],
-        OptimizerKind::Rmsproptf if o.momentum > 0.0 => vec!["square_avg", "momentum_buffer"],
-        OptimizerKind::Rmsproptf => vec!["square_avg"],
-        OptimizerKind::Adamw => vec!["exp_avg", "exp_avg_sq"],
-    }
-}
-
 /// After a step, every trained tensor has its optimizer buffers: a checkpoint without one of
 /// them would resume without that tensor's momentum (a different run), so it is refused.
 fn check_optimizer_state(
@@ -109,17 +98,9 @@ fn check_optimizer_state(
     if state.progress.optimizer_steps == 0 {
         return Ok(());
     }
-    let buffers = optimizer_buffers(&state.config);
-    let plan = model.plan();
+    let buffers = state.config.optimizer.state_buffers();
+    let trained = trainable_filter(model, state.config.freeze_backbone, state.config.freeze_bn);
     let keys = params::collect(model);
-    let bn_prefixes: Vec<String> =
-        keys.keys().filter_map(|k| k.strip_suffix(".running_mean").map(|p| format!("{p}."))).collect();
-    let trained = |key: &str| {
-        let statistic = key.ends_with("running_mean") || key.ends_with("running_var");
-        let frozen_bn = state.config.freeze_bn && bn_prefixes.iter().any(|p| key.starts_with(p.as_str()));
-        let frozen_backbone = state.config.freeze_backbone && !plan.is_classifier_key(key);
-        !(statistic || frozen_bn || frozen_backbone)
-    };
     for key in keys.keys().filter(|k| trained(k)) {
         for buffer in &buffers {
             let name = format!("{key}/{buffer}");

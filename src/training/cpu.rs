@@ -181,11 +181,12 @@ impl CpuSteps {
         let saved: Vec<(String, Vec<f32>)> = self
             .trainer
             .params()
-            .filter(|(k, _, _)| is_running_stat(k))
+            .filter(|(k, _, _)| params::is_running_stat(k))
             .map(|(k, _, v)| (k.to_string(), v.to_vec()))
             .collect();
         let result = recalibrate_on(&mut self.trainer, batches);
-        let model = result.map(|_| with_values(model, |key| self.trainer.param(key).filter(|_| is_running_stat(key))));
+        let model =
+            result.map(|_| with_values(model, |key| self.trainer.param(key).filter(|_| params::is_running_stat(key))));
         for (key, values) in &saved {
             self.trainer.load(key, values)?;
         }
@@ -223,10 +224,6 @@ fn recalibrate_on(trainer: &mut Trainer, batches: impl Iterator<Item = Result<Ba
     Ok(trainer.finish_bn_average(average))
 }
 
-fn is_running_stat(key: &str) -> bool {
-    key.ends_with(".running_mean") || key.ends_with(".running_var")
-}
-
 /// BatchNorm recalibration of `model` on a CPU trainer of its own (`recalibrate-bn`, `eval
 /// --recalibrate-bn`): batches of up to `batch_size` images of one size.
 pub fn recalibrate_bn(
@@ -239,5 +236,5 @@ pub fn recalibrate_bn(
         EngineTrainConfig::new(model.config().spec.arch, batch_size.max(2), size, size).with_threads(threads());
     let mut trainer = trainer_for(&model.valid(), config)?;
     recalibrate_on(&mut trainer, batches)?;
-    Ok(with_values(model, |key| trainer.param(key).filter(|_| is_running_stat(key))))
+    Ok(with_values(model, |key| trainer.param(key).filter(|_| params::is_running_stat(key))))
 }

@@ -176,7 +176,7 @@ pub fn recalibrate_bn_burn(
         let (x, _) = batch.to_tensors(device);
         let _ = probe.forward_features(x);
         for (path, flat) in params::collect(&probe) {
-            if path.ends_with("running_mean") || path.ends_with("running_var") {
+            if params::is_running_stat(&path) {
                 let entry = sums.entry(path).or_insert_with(|| flat.value.zeros_like());
                 *entry = entry.clone() + flat.value;
             }

@@ -221,6 +221,32 @@ impl<V: OptVector> Optimizer<V> {
     }
 }
 
+/// Which tensors the optimizer updates, by key: not BatchNorm's running statistics, not the
+/// backbone under `--freeze-backbone`, not BatchNorm's affine parameters under `--freeze-bn`.
+/// (Both step paths, and the checkpoint check of which tensors must have optimizer state.)
+pub fn trainable_filter(model: &MobileNet, freeze_backbone: bool, freeze_bn: bool) -> impl Fn(&str) -> bool {
+    let bn_prefixes: Vec<String> = params::collect(model)
+        .keys()
+        .filter_map(|k| k.strip_suffix(".running_mean").map(|p| format!("{p}.")))
+        .collect();
+    let plan = model.plan();
+    move |key: &str| {
+        let frozen_backbone = freeze_backbone && !plan.is_classifier_key(key);
+        let frozen_bn = freeze_bn && bn_prefixes.iter().any(|p| key.starts_with(p.as_str()));
+        !(params::is_running_stat(key) || frozen_backbone || frozen_bn)
+    }
+}
+
+impl OptimizerConfig {
+    /// The buffers a tensor holds after its first update (`optim/<key>/<buffer>` in
+    /// checkpoints): the rule's slots that it writes with this configuration.
+    pub fn state_buffers(&self) -> Vec<&'static str> {
+        let [first, second] = buffer_names(self.kind);
+        let momentum_free = self.momentum <= 0.0;
+        [first, second].into_iter().flatten().filter(|&b| !(momentum_free && b == "momentum_buffer")).collect()
+    }
+}
+
 /// The optimizer buffers each rule keeps per tensor (torch's and timm's names).
 fn buffer_names(kind: OptimizerKind) -> [Option<&'static str>; 2] {
     match kind {

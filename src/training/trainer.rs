@@ -16,7 +16,7 @@ use crate::data::preprocess::Preprocess;
 use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
 use crate::inference::backend::{Backend, Runner};
-use crate::io::{params, weights};
+use crate::io::weights;
 use crate::models::MobileNet;
 use crate::training::checkpoint::{self, Progress};
 use crate::training::config::{TrainBackend, TrainConfig};
@@ -27,7 +27,7 @@ use crate::training::evaluate::{
     cross_entropy, evaluate_with, recalibrate_bn_burn, recalibration_batches, train_eval_gap, EvalResult,
 };
 use crate::training::metrics::{read_metrics, write_metrics, EpochMetrics};
-use crate::training::optim::Optimizer;
+use crate::training::optim::{trainable_filter, Optimizer};
 
 /// Sets the train/eval flag of every BatchNorm (not Dropout) — `--freeze-bn`.
 fn set_bn_training(model: MobileNet, training: bool) -> MobileNet {
@@ -58,22 +58,6 @@ pub struct Outcome {
     pub output: PathBuf,
     pub metrics: Vec<EpochMetrics>,
     pub final_eval: EvalResult,
-}
-
-/// Which parameters the optimizer updates, by key.
-fn trainable_filter(model: &MobileNet, config: &TrainConfig) -> impl Fn(&str) -> bool {
-    let bn_prefixes: Vec<String> = params::collect(model)
-        .keys()
-        .filter_map(|k| k.strip_suffix(".running_mean").map(|p| format!("{p}.")))
-        .collect();
-    let (freeze_backbone, freeze_bn) = (config.freeze_backbone, config.freeze_bn);
-    let plan = model.plan();
-    move |path: &str| {
-        if freeze_backbone && !plan.is_classifier_key(path) {
-            return false;
-        }
-        !(freeze_bn && bn_prefixes.iter().any(|p| path.starts_with(p.as_str())))
-    }
 }
 
 /// Builds the starting model: fresh, or from `--init` weights. Everything but the last
@@ -275,7 +259,7 @@ pub fn run(start: Start, device: &Device) -> Result<Outcome> {
         }
     };
     let data = RunData::load(&state.config)?;
-    let trainable = trainable_filter(&state.model, &state.config);
+    let trainable = trainable_filter(&state.model, state.config.freeze_backbone, state.config.freeze_bn);
     state.model = state.model.train_mode();
     if state.config.freeze_bn {
         state.model = set_bn_training(state.model, false);
@@ -349,7 +333,7 @@ fn epoch_steps(
         seen: 0,
         lr: config.schedule.lr(epoch as f64),
         probe_batch: None,
-        started: Instant::now(),
+        started: start,
         seconds: 0.0,
     };
     for (i, batch) in rx.into_iter().enumerate() {

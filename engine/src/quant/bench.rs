@@ -66,7 +66,7 @@ pub fn gemm_speeds(m: usize, k: usize, n: usize, runs: usize) -> Vec<GemmSpeed> 
     let b7: Vec<i8> = b8.iter().map(|&v| v >> 1).collect(); // [-64, 63]
     let mut c = vec![0i32; m * n];
     let mut c8 = vec![0u8; m * n];
-    let req = Requant { bias: vec![-1000; n], multiplier: vec![1e-4; n], out_zero_point: 3, lo: 3, hi: 255 };
+    let req = Requant { bias: vec![-1000; n], multiplier: vec![1e-4; n], out_zero_point: 3, lo: 3, hi: 255, hardswish: None, residual: None };
     for isa in Int8Isa::all_available() {
         let weights: &[&[i8]] = if isa == Int8Isa::Avx2 { &[&b7, &b8] } else { &[&b8] };
         for b in weights {

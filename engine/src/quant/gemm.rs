@@ -150,6 +150,10 @@ pub fn gemm_u8s8_requant(
     let (k, n) = (b.k, b.n);
     assert!(lda >= k && ldo >= n, "strides lda {lda} < k {k} or ldo {ldo} < n {n}");
     assert!(req.bias.len() >= n && req.multiplier.len() >= n, "requantisation for fewer than {n} channels");
+    assert!(
+        req.hardswish.is_none() && req.residual.is_none(),
+        "the GEMM's store does not apply hard-swish or a residual yet"
+    );
     if m == 0 {
         return;
     }
@@ -1030,6 +1034,8 @@ mod tests {
                 out_zero_point: rng.next() as u8,
                 lo: if i % 3 == 0 { 20 } else { 0 },
                 hi: if i % 3 == 0 { 200 } else { 255 },
+                hardswish: None,
+                residual: None,
             };
             let ldo = n + 3;
             let mut want = vec![0xAAu8; m * ldo];

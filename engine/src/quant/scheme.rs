@@ -116,6 +116,25 @@ pub struct Requant {
     /// The output clamp in u8 (a fused ReLU is `lo = zero_point`; ReLU6 also sets `hi`).
     pub lo: u8,
     pub hi: u8,
+    /// Hard-swish applied in the store, in output units; holds the output scale (see
+    /// [`requantize_full`]).
+    pub hardswish: Option<f32>,
+    /// A residual map added in the store, after the activation (see [`requantize_full`]).
+    pub residual: Option<ResidualQuant>,
+}
+
+/// How a residual map's u8 values join a store: `(r - zero_point) · multiplier` in output units,
+/// `multiplier = residual_scale / out_scale`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ResidualQuant {
+    pub zero_point: u8,
+    pub multiplier: f32,
+}
+
+impl ResidualQuant {
+    pub fn new(residual: ActivationQuant, output: ActivationQuant) -> ResidualQuant {
+        ResidualQuant { zero_point: residual.zero_point, multiplier: residual.scale / output.scale }
+    }
 }
 
 impl Requant {
@@ -133,7 +152,7 @@ impl Requant {
             b.push((qb - input.zero_point as i64 * sums[c] as i64) as i32);
             multiplier.push((acc_scale / output.scale as f64) as f32);
         }
-        Requant { bias: b, multiplier, out_zero_point: output.zero_point, lo: 0, hi: 255 }
+        Requant { bias: b, multiplier, out_zero_point: output.zero_point, lo: 0, hi: 255, hardswish: None, residual: None }
     }
 
     /// Clamps the output to the quantised image of `[lo, hi]` in real units (ReLU: `lo = 0`;
@@ -144,12 +163,71 @@ impl Requant {
         self
     }
 
-    /// Channel `c`'s output for accumulator `acc`.
+    /// Hard-swish in the store (output parameters `output`).
+    pub fn with_hardswish(mut self, output: ActivationQuant) -> Requant {
+        self.hardswish = Some(output.scale);
+        self
+    }
+
+    /// A residual map with parameters `residual` added in the store (output parameters
+    /// `output`).
+    pub fn with_residual(mut self, residual: ActivationQuant, output: ActivationQuant) -> Requant {
+        self.residual = Some(ResidualQuant::new(residual, output));
+        self
+    }
+
+    /// Channel `c`'s output for accumulator `acc` (a layer without a residual).
     #[inline]
     pub fn apply(&self, acc: i32, c: usize) -> u8 {
-        requantize(acc, self.bias[c], self.multiplier[c], self.out_zero_point, self.lo, self.hi)
+        debug_assert!(self.residual.is_none(), "a residual layer needs apply_with_residual");
+        requantize_full(acc, self.bias[c], self.multiplier[c], self.out_zero_point, self.lo, self.hi, self.hardswish, None)
+    }
+
+    /// Channel `c`'s output for accumulator `acc` and residual value `r` (ignored without a
+    /// residual).
+    #[inline]
+    pub fn apply_with_residual(&self, acc: i32, c: usize, r: u8) -> u8 {
+        let res = self.residual.map(|q| (r, q));
+        requantize_full(acc, self.bias[c], self.multiplier[c], self.out_zero_point, self.lo, self.hi, self.hardswish, res)
     }
 }
+
+/// The whole store, the definition every kernel matches bit for bit. In f32, in this order, with
+/// no fused multiply-adds:
+///
+/// ```text
+/// t = (acc + bias) · multiplier                       // the output in output-scale units
+/// hard-swish:  g = clamp(t · out_scale + 3, 0, 6);  t = (t · g) · (1/6)
+/// residual:    t = t + (r - zp_r) · multiplier_r
+/// out = clamp(round_half_even(t) + zero_point, lo, hi)
+/// ```
+///
+/// Hard-swish is `x · relu6(x + 3) / 6` with `x = t · out_scale` the real value.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn requantize_full(
+    acc: i32,
+    bias: i32,
+    multiplier: f32,
+    zero_point: u8,
+    lo: u8,
+    hi: u8,
+    hardswish: Option<f32>,
+    residual: Option<(u8, ResidualQuant)>,
+) -> u8 {
+    let mut t = acc.wrapping_add(bias) as f32 * multiplier;
+    if let Some(out_scale) = hardswish {
+        let g = (t * out_scale + 3.0).clamp(0.0, 6.0);
+        t = t * g * HARDSWISH_SIXTH;
+    }
+    if let Some((r, q)) = residual {
+        t += (r as f32 - q.zero_point as f32) * q.multiplier;
+    }
+    (t.round_ties_even() + zero_point as f32).clamp(lo as f32, hi as f32) as u8
+}
+
+/// `1/6` as the hard-swish store multiplies by it.
+pub const HARDSWISH_SIXTH: f32 = 1.0 / 6.0;
 
 /// `clamp(round_half_even((acc + bias) · multiplier) + zero_point, lo, hi)`. The product is
 /// taken in f32, as the vector kernels will: `acc + bias` converts exactly below 2^24 in

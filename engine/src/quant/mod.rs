@@ -37,6 +37,7 @@
 //!    network-level test against a fake-quantised f32 reference within one step.
 
 pub mod bench;
+pub mod depthwise;
 pub mod gemm;
 pub mod isa;
 pub mod scheme;

@@ -207,7 +207,24 @@ pub fn gemm_u8s8_store(
         _ => None,
     };
     let (res, ldr) = residual.map_or((std::ptr::null(), 0), |(r, ldr)| (r.as_ptr(), ldr));
-    let q = RequantOut { req, out: out.as_mut_ptr(), ldo, res, ldr, emit, fused };
+    // The last panel's bias and multipliers zero-padded to a whole panel (when `n` is not a
+    // multiple of it), for the AVX2 tile that loads them as two full ymm.
+    let (mut tail_bias, mut tail_mult) = ([0i32; PANEL], [0f32; PANEL]);
+    let tail = n % PANEL;
+    tail_bias[..tail].copy_from_slice(&req.bias[n - tail..n]);
+    tail_mult[..tail].copy_from_slice(&req.multiplier[n - tail..n]);
+    let q = RequantOut {
+        req,
+        out: out.as_mut_ptr(),
+        ldo,
+        res,
+        ldr,
+        emit,
+        fused,
+        int_round: int_round_is_exact(req, n),
+        tail_bias,
+        tail_mult,
+    };
     let geo = Geometry {
         a: a.as_ptr(),
         lda,
@@ -280,6 +297,27 @@ struct RequantOut<'a> {
     /// A tile that requantises from its accumulator registers, where the ISA has one (then
     /// `emit` and the scratch block are not used).
     fused: Option<FusedTile>,
+    /// Whether the x86 stores may round and convert in one step ([`int_round_is_exact`]).
+    int_round: bool,
+    /// The last panel's bias and multipliers, zero-padded to [`PANEL`] columns.
+    tail_bias: [i32; PANEL],
+    tail_mult: [f32; PANEL],
+}
+
+/// Whether `t` (the value before rounding, see [`requantize_full`]) is finite and below 2^31 in
+/// magnitude for every accumulator, so that `vcvtps2dq` (round half to even, as
+/// `f32::round_ties_even`) gives `round(t)` exactly and `round(t) + zero_point` cannot overflow
+/// i32: then zero point and clamp may follow in integers (saturating packs and byte min/max),
+/// which is monotone and so clamps to the same bytes as the definition's f32 steps. True for
+/// every real layer: `|acc + bias| ≤ 2^31` and `|multiplier| ≤ 0.75` bound `|t|` by 1.61e9;
+/// hard-swish never grows it (`g/6 ≤ 1`; a finite scale keeps `t` finite) and the residual
+/// adds at most `255 · 1e6 = 2.55e8`, below `2^31 - 256` in all. Otherwise (huge or non-finite
+/// multipliers, where `t` may be infinite or NaN) the stores take the f32 steps of the
+/// definition one by one.
+fn int_round_is_exact(req: &Requant, n: usize) -> bool {
+    req.multiplier[..n].iter().all(|m| m.abs() <= 0.75)
+        && req.hardswish.is_none_or(|s| s.is_finite())
+        && req.residual.is_none_or(|r| r.multiplier.abs() <= 1e6)
 }
 
 /// A tile with the requantising store fused: as [`Tile`], writing u8 to `out` (row stride
@@ -489,11 +527,16 @@ mod x86 {
         residual: bool,
         res_zp: __m512i,
         res_mult: __m512,
+        /// See [`super::int_round_is_exact`]; then the zero point and clamp are these i32.
+        int_round: bool,
+        zp_i: __m512i,
+        lo_i: __m512i,
+        hi_i: __m512i,
     }
 
     impl Store16 {
         #[inline(always)]
-        unsafe fn new(req: &Requant) -> Store16 {
+        unsafe fn new(req: &Requant, int_round: bool) -> Store16 {
             let rq = req.residual.unwrap_or(super::ResidualQuant { zero_point: 0, multiplier: 0.0 });
             Store16 {
                 zp: _mm512_set1_ps(req.out_zero_point as f32),
@@ -508,6 +551,10 @@ mod x86 {
                 residual: req.residual.is_some(),
                 res_zp: _mm512_set1_epi32(rq.zero_point as i32),
                 res_mult: _mm512_set1_ps(rq.multiplier),
+                int_round,
+                zp_i: _mm512_set1_epi32(req.out_zero_point as i32),
+                lo_i: _mm512_set1_epi32(req.lo as i32),
+                hi_i: _mm512_set1_epi32(req.hi as i32),
             }
         }
     }
@@ -521,6 +568,9 @@ mod x86 {
     /// operand when either is NaN or both are zeros, which is what `f32::clamp` does (it keeps
     /// NaN and -0), and a NaN ends as `vcvttps2dq`'s 0x80000000, whose low byte 0 is what
     /// `NaN as u8` gives. `res` is ignored without a residual.
+    ///
+    /// Where [`super::int_round_is_exact`] holds, `vcvtps2dq` rounds and converts at once and
+    /// the zero point and clamp are taken in i32, which gives the same results.
     #[inline(always)]
     unsafe fn requant16(acc: __m512i, bias: __m512i, mult: __m512, res: __m512i, c: &Store16) -> __m512i {
         let mut t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, bias)), mult);
@@ -533,6 +583,10 @@ mod x86 {
             let r = _mm512_cvtepi32_ps(_mm512_sub_epi32(res, c.res_zp));
             t = _mm512_add_ps(t, _mm512_mul_ps(r, c.res_mult));
         }
+        if c.int_round {
+            let v = _mm512_add_epi32(_mm512_cvtps_epi32(t), c.zp_i);
+            return _mm512_min_epi32(c.hi_i, _mm512_max_epi32(c.lo_i, v));
+        }
         let v = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t), c.zp);
         _mm512_cvttps_epi32(_mm512_min_ps(c.hi, _mm512_max_ps(c.lo, v)))
     }
@@ -543,13 +597,63 @@ mod x86 {
         if live == PANEL {
             _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
         } else {
-            let mut tmp = [0u8; PANEL];
-            std::ptr::copy_nonoverlapping(p, tmp.as_mut_ptr(), live);
-            _mm512_cvtepu8_epi32(_mm_loadu_si128(tmp.as_ptr() as *const __m128i))
+            _mm512_cvtepu8_epi32(load_partial(p, live))
         }
     }
 
-    /// The store's per-layer constants as ymm (see [`requant8`]).
+    /// The `n` (< 16) bytes at `p` in the low bytes of an xmm, the rest zero, reading only
+    /// those bytes (in 8-, 4-, 2- and 1-byte pieces: no copy loop for a layer's last panel).
+    #[inline(always)]
+    unsafe fn load_partial(p: *const u8, n: usize) -> __m128i {
+        let base = n & 8;
+        let lo = if base != 0 { (p as *const u64).read_unaligned() } else { 0 };
+        let (mut w, mut at, mut shift) = (0u64, base, 0);
+        if n & 4 != 0 {
+            w = (p.add(at) as *const u32).read_unaligned() as u64;
+            at += 4;
+            shift = 32;
+        }
+        if n & 2 != 0 {
+            w |= ((p.add(at) as *const u16).read_unaligned() as u64) << shift;
+            at += 2;
+            shift += 16;
+        }
+        if n & 1 != 0 {
+            w |= (*p.add(at) as u64) << shift;
+        }
+        if base != 0 {
+            _mm_set_epi64x(w as i64, lo as i64)
+        } else {
+            _mm_set_epi64x(0, w as i64)
+        }
+    }
+
+    /// Writes the low `n` (< 16) bytes of `v` to `dst`, nothing beyond (as [`load_partial`]).
+    #[inline(always)]
+    unsafe fn store_partial(dst: *mut u8, v: __m128i, n: usize) {
+        let lo = _mm_cvtsi128_si64(v) as u64;
+        let (mut w, mut at) = if n & 8 != 0 {
+            (dst as *mut u64).write_unaligned(lo);
+            (_mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)) as u64, 8)
+        } else {
+            (lo, 0)
+        };
+        if n & 4 != 0 {
+            (dst.add(at) as *mut u32).write_unaligned(w as u32);
+            w >>= 32;
+            at += 4;
+        }
+        if n & 2 != 0 {
+            (dst.add(at) as *mut u16).write_unaligned(w as u16);
+            w >>= 16;
+            at += 2;
+        }
+        if n & 1 != 0 {
+            *dst.add(at) = w as u8;
+        }
+    }
+
+    /// The store's per-layer constants as ymm (see [`scaled8`], [`Store8::bytes16`]).
     struct Store8 {
         zp: __m256,
         lo: __m256,
@@ -563,11 +667,17 @@ mod x86 {
         residual: bool,
         res_zp: __m256i,
         res_mult: __m256,
+        /// See [`super::int_round_is_exact`]; then the zero point is added in i16 and the clamp
+        /// taken on the bytes.
+        int_round: bool,
+        zp16: __m256i,
+        lo8: __m256i,
+        hi8: __m256i,
     }
 
     impl Store8 {
         #[inline(always)]
-        unsafe fn new(req: &Requant) -> Store8 {
+        unsafe fn new(req: &Requant, int_round: bool) -> Store8 {
             let rq = req.residual.unwrap_or(super::ResidualQuant { zero_point: 0, multiplier: 0.0 });
             Store8 {
                 zp: _mm256_set1_ps(req.out_zero_point as f32),
@@ -582,13 +692,36 @@ mod x86 {
                 residual: req.residual.is_some(),
                 res_zp: _mm256_set1_epi32(rq.zero_point as i32),
                 res_mult: _mm256_set1_ps(rq.multiplier),
+                int_round,
+                zp16: _mm256_set1_epi16(req.out_zero_point as i16),
+                lo8: _mm256_set1_epi8(req.lo as i8),
+                hi8: _mm256_set1_epi8(req.hi as i8),
+            }
+        }
+
+        /// The 16 output bytes of `t0` then `t1` (the values before rounding, [`scaled8`]).
+        /// The f32 path is [`finish8`] and [`bytes16`]; the integer one (where
+        /// [`super::int_round_is_exact`] holds) converts with rounding (`vcvtps2dq`), packs to
+        /// i16 with saturation, adds the zero point with saturation, packs to u8 with
+        /// saturation and clamps the bytes: each step monotone and exact on [0, 255], so the
+        /// same bytes as clamping `round(t) + zero point` in f32.
+        #[inline(always)]
+        unsafe fn bytes16(&self, t0: __m256, t1: __m256) -> __m128i {
+            if self.int_round {
+                let w = _mm256_packs_epi32(_mm256_cvtps_epi32(t0), _mm256_cvtps_epi32(t1));
+                let w = _mm256_adds_epi16(w, self.zp16);
+                let b = _mm256_packus_epi16(w, w);
+                let b = _mm256_min_epu8(self.hi8, _mm256_max_epu8(self.lo8, b));
+                _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)))
+            } else {
+                bytes16(finish8(t0, self), finish8(t1, self))
             }
         }
     }
 
-    /// [`requant16`] on 8 lanes (ymm, AVX2): the i32 results in [lo, hi] (0x80000000 for NaN).
+    /// [`requant16`] on 8 lanes (ymm, AVX2), up to the rounding: `t`.
     #[inline(always)]
-    unsafe fn requant8(acc: __m256i, bias: __m256i, mult: __m256, res: __m256i, c: &Store8) -> __m256i {
+    unsafe fn scaled8(acc: __m256i, bias: __m256i, mult: __m256, res: __m256i, c: &Store8) -> __m256 {
         let mut t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bias)), mult);
         if c.hardswish {
             let x = _mm256_add_ps(_mm256_mul_ps(t, c.hs_scale), c.three);
@@ -599,6 +732,13 @@ mod x86 {
             let r = _mm256_cvtepi32_ps(_mm256_sub_epi32(res, c.res_zp));
             t = _mm256_add_ps(t, _mm256_mul_ps(r, c.res_mult));
         }
+        t
+    }
+
+    /// The rest of [`requant16`]'s f32 steps on 8 lanes: the i32 results in [lo, hi]
+    /// (0x80000000 for NaN).
+    #[inline(always)]
+    unsafe fn finish8(t: __m256, c: &Store8) -> __m256i {
         let v = _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t), c.zp);
         _mm256_cvttps_epi32(_mm256_min_ps(c.hi, _mm256_max_ps(c.lo, v)))
     }
@@ -619,14 +759,8 @@ mod x86 {
         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)))
     }
 
-    /// The low byte of each of 8 i32 (as [`bytes16`]), in the low 8 bytes.
-    #[inline(always)]
-    unsafe fn bytes8(v: __m256i) -> __m128i {
-        bytes16(v, v)
-    }
-
     /// The requantising store on ymm (the scratch-block path of the AVX2 widening tile), the
-    /// steps of [`requant8`] sixteen, then eight columns at a time, the rest by the scalar
+    /// steps of [`scaled8`] and [`Store8::bytes16`] sixteen, then eight columns at a time, the rest by the scalar
     /// definition.
     ///
     /// # Safety
@@ -644,7 +778,7 @@ mod x86 {
         res: *const u8,
     ) {
         let req = q.req;
-        let c = Store8::new(req);
+        let c = Store8::new(req, q.int_round);
         let bias = req.bias[col0..col0 + cols].as_ptr();
         let mult = req.multiplier[col0..col0 + cols].as_ptr();
         let zero = _mm256_setzero_si256();
@@ -654,7 +788,7 @@ mod x86 {
             let rrow = if c.residual { res.add(r * q.ldr) } else { res };
             let lanes = |j: usize| {
                 let rv = if c.residual { residual8(rrow.add(j)) } else { zero };
-                requant8(
+                scaled8(
                     _mm256_loadu_si256(acc.add(j) as *const __m256i),
                     _mm256_loadu_si256(bias.add(j) as *const __m256i),
                     _mm256_loadu_ps(mult.add(j)),
@@ -664,11 +798,12 @@ mod x86 {
             };
             let mut j = 0;
             while j + 16 <= cols {
-                _mm_storeu_si128(dst.add(j) as *mut __m128i, bytes16(lanes(j), lanes(j + 8)));
+                _mm_storeu_si128(dst.add(j) as *mut __m128i, c.bytes16(lanes(j), lanes(j + 8)));
                 j += 16;
             }
             if j + 8 <= cols {
-                _mm_storel_epi64(dst.add(j) as *mut __m128i, bytes8(lanes(j)));
+                let t = lanes(j);
+                _mm_storel_epi64(dst.add(j) as *mut __m128i, c.bytes16(t, t));
                 j += 8;
             }
             for j in j..cols {
@@ -793,7 +928,7 @@ mod x86 {
         cols: usize,
     ) {
         let req = q.req;
-        let c = Store16::new(req);
+        let c = Store16::new(req, q.int_round);
         // The bias and multipliers of the tile's columns, loaded under the live-column mask
         // (the slices end at the real channel count).
         let bias = req.bias[col0..col0 + cols].as_ptr();
@@ -878,7 +1013,7 @@ mod x86 {
     }
 
     /// The `vpmaddubsw` tile with the requantising store fused (from the accumulator registers,
-    /// [`requant8`]).
+    /// [`scaled8`], [`Store8::bytes16`]).
     ///
     /// # Safety
     /// As [`avx2_maddubs_tile`]; pointers as [`super::FusedTile`].
@@ -911,44 +1046,33 @@ mod x86 {
         cols: usize,
     ) {
         let req = q.req;
-        // The panel's bias and multipliers, zero-padded past the real columns (a copy only for
-        // a partial panel). They are loaded inside the store, after the k loop: held in ymm
-        // across it they would push the accumulators out of AVX2's 16 registers.
-        let mut bpad = [0i32; PANEL];
-        let mut mpad = [0f32; PANEL];
+        // The panel's bias and multipliers (zero-padded past the real columns for the last
+        // panel). They are loaded inside the store, after the k loop: held in ymm across it they
+        // would push the accumulators out of AVX2's 16 registers.
         let (bp, mp) = if cols == PANEL {
             (req.bias[col0..col0 + PANEL].as_ptr(), req.multiplier[col0..col0 + PANEL].as_ptr())
         } else {
-            bpad[..cols].copy_from_slice(&req.bias[col0..col0 + cols]);
-            mpad[..cols].copy_from_slice(&req.multiplier[col0..col0 + cols]);
-            (bpad.as_ptr(), mpad.as_ptr())
+            (q.tail_bias.as_ptr(), q.tail_mult.as_ptr())
         };
-        let c = Store8::new(req);
+        let c = Store8::new(req, q.int_round);
         avx2_maddubs_kernel::<R>(g, a, b, |r, v0, v1| {
             let (r0, r1) = if c.residual {
-                let mut rpad = [0u8; PANEL];
-                let rp = if cols == PANEL {
-                    res.add(r * q.ldr)
-                } else {
-                    std::ptr::copy_nonoverlapping(res.add(r * q.ldr), rpad.as_mut_ptr(), cols);
-                    rpad.as_ptr()
-                };
-                (residual8(rp), residual8(rp.add(8)))
+                let rp = res.add(r * q.ldr);
+                let v = if cols == PANEL { _mm_loadu_si128(rp as *const __m128i) } else { load_partial(rp, cols) };
+                (_mm256_cvtepu8_epi32(v), _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v, v)))
             } else {
                 (_mm256_setzero_si256(), _mm256_setzero_si256())
             };
             let b0 = _mm256_loadu_si256(bp as *const __m256i);
             let b1 = _mm256_loadu_si256(bp.add(8) as *const __m256i);
-            let lo = requant8(v0, b0, _mm256_loadu_ps(mp), r0, &c);
-            let hi = requant8(v1, b1, _mm256_loadu_ps(mp.add(8)), r1, &c);
-            let bytes = bytes16(lo, hi);
+            let t0 = scaled8(v0, b0, _mm256_loadu_ps(mp), r0, &c);
+            let t1 = scaled8(v1, b1, _mm256_loadu_ps(mp.add(8)), r1, &c);
+            let bytes = c.bytes16(t0, t1);
             let dst = out.add(r * q.ldo);
             if cols == PANEL {
                 _mm_storeu_si128(dst as *mut __m128i, bytes);
             } else {
-                let mut tmp = [0u8; PANEL];
-                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                store_partial(dst, bytes, cols);
             }
         })
     }
@@ -1263,6 +1387,8 @@ mod tests {
     fn requantising_store_equals_the_scalar_definition() {
         let mut rng = Rng(0xC0FF_EE00_1234_5678);
         let mut shapes = vec![(1, 1, 1), (9, 5, 33), (17, 64, 48), (3, 131, 17), (8, 8, 32), (12, 24, 144)];
+        // Every width of a partial last panel (the stores' masked and pieced loads and stores).
+        shapes.extend((1..=32).map(|n| (5, 9, n)));
         for _ in 0..24 {
             shapes.push((1 + rng.below(30), 1 + rng.below(100), 1 + rng.below(70)));
         }
@@ -1274,9 +1400,11 @@ mod tests {
                     .collect();
                 // Every combination of hard-swish, residual and clamp (none, a band, a ReLU at
                 // the zero point), with multipliers from tiny to large enough to saturate and
-                // biases of both signs.
-                for case in 0..12 {
-                    let (hardswish, residual, clamp) = (case & 1 == 1, case & 2 == 2, (case / 4 + i) % 3);
+                // biases of both signs, on both x86 rounding paths (integer where every
+                // multiplier is at most 0.75, f32 steps otherwise).
+                for case in 0..24 {
+                    let (hardswish, residual, int_path) = (case & 1 == 1, case & 2 == 2, case & 4 == 4);
+                    let clamp = (case / 8 + i) % 3;
                     let zp = rng.next() as u8;
                     let (lo, hi) = match clamp {
                         0 => (0, 255),
@@ -1285,7 +1413,13 @@ mod tests {
                     };
                     let req = Requant {
                         bias: (0..n).map(|_| rng.below(200_001) as i32 - 100_000).collect(),
-                        multiplier: (0..n).map(|_| 10f32.powf(-(rng.below(5000) as f32) / 1000.0)).collect(),
+                        multiplier: (0..n)
+                            .map(|j| match (int_path, j % 5) {
+                                (true, _) => 0.75 * 10f32.powf(-(rng.below(5000) as f32) / 1000.0),
+                                (false, 0) => 0.76 + rng.below(1000) as f32 / 4000.0,
+                                (false, _) => 10f32.powf(-(rng.below(5000) as f32) / 1000.0),
+                            })
+                            .collect(),
                         out_zero_point: zp,
                         lo,
                         hi,
@@ -1295,6 +1429,7 @@ mod tests {
                             multiplier: 10f32.powf((rng.below(2500) as f32 - 1500.0) / 1000.0),
                         }),
                     };
+                    assert_eq!(int_round_is_exact(&req, n), int_path);
                     let ldr = n + 2;
                     let res: Vec<u8> = (0..m * ldr).map(|_| rng.next() as u8).collect();
                     let what = format!("hard-swish {hardswish} residual {residual} clamp [{lo}, {hi}] 7-bit {seven}");
@@ -1315,7 +1450,12 @@ mod tests {
         let b = vec![1i8; n];
         let mults = [1.0f32, 0.5, 0.25, 0.1, 0.3, 1.0 / 3.0, 0.0625, 0.7, 0.2, 1.5];
         let mut hit = [false; 2];
-        for s in [0.25f32, 0.1, 0.2, 0.0625, 0.3, 1.0 / 12.0, 0.75] {
+        // Twice: multipliers above 0.75 make the x86 stores take the f32 steps one by one;
+        // without them they round in integers (`int_round_is_exact`).
+        for (s, limit) in
+            [0.25f32, 0.1, 0.2, 0.0625, 0.3, 1.0 / 12.0, 0.75].into_iter().flat_map(|s| [(s, 0.75), (s, 2.0)])
+        {
+            let mults = mults.map(|m| if m > limit { 0.5 } else { m });
             let multiplier: Vec<f32> =
                 (0..n).map(|j| mults[j % mults.len()] * if j < 20 { 1.0 } else { 1.0 + 1e-7 * j as f32 }).collect();
             for residual in [None, Some(ResidualQuant { zero_point: 7, multiplier: 0.37 })] {
@@ -1328,6 +1468,7 @@ mod tests {
                     hardswish: Some(s),
                     residual,
                 };
+                assert_eq!(int_round_is_exact(&req, n), limit < 1.0);
                 for i in 0..m {
                     for &mu in &multiplier {
                         let x = (i as i32 - 128) as f32 * mu * s + 3.0;

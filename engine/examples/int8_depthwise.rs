@@ -6,22 +6,32 @@
 //! ```
 //!
 //! Every kernel this CPU has runs in each round, in turn, so a busy machine's noise hits all of
-//! them alike; the table gives medians. `RUNS=n` sets the rounds (default 30).
+//! them alike; the table gives medians (`MIN=1`: the fastest round). `RUNS=n` sets the rounds
+//! (default 30), `SHAPE=i` runs the i-th shape alone.
 
 use mobilenet_engine::quant::depthwise::speed_probe;
 
 fn main() {
+    // MIN=1: the fastest round instead of the median.
+    let min = std::env::var("MIN").is_ok_and(|v| v == "1");
     let runs = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     // (h, w, c, kernel, stride): V2's depthwise layers at 224x224 (input sizes).
     let shapes =
         [(112, 112, 96, 3, 2), (56, 56, 144, 3, 1), (28, 28, 192, 3, 1), (14, 14, 576, 3, 1), (7, 7, 960, 3, 1)];
     println!("one thread, median of {runs} rounds; ratio = f32 time / int8 time at the same vector width");
-    for (h, w, c, k, s) in shapes {
-        let speeds = speed_probe(h, w, c, k, s, runs);
-        let ms = |name: &str| speeds.iter().find(|x| x.kernel == name).map(|x| x.ms);
+    // PORTABLE=0: leave the (slow) portable int8 kernel out.
+    let portable = std::env::var("PORTABLE").map_or(true, |v| v != "0");
+    // SHAPE=i: only the i-th shape (for profiling).
+    let only: Option<usize> = std::env::var("SHAPE").ok().and_then(|v| v.parse().ok());
+    for (i, (h, w, c, k, s)) in shapes.into_iter().enumerate() {
+        if only.is_some_and(|o| o != i) {
+            continue;
+        }
+        let speeds = speed_probe(h, w, c, k, s, runs, portable);
+        let ms = |name: &str| speeds.iter().find(|x| x.kernel == name).map(|x| if min { x.min_ms } else { x.ms });
         let mut line = format!("{h:>3}x{w:<3}x{c:<4} {k}x{k} s{s}:");
         for s in &speeds {
-            line += &format!("  {} {:.3} ms", s.kernel, s.ms);
+            line += &format!("  {} {:.3} ms", s.kernel, if min { s.min_ms } else { s.ms });
         }
         for (i8name, f32name) in [("int8 avx512-vnni", "f32 avx512"), ("int8 avx2", "f32 avx2+fma")] {
             if let (Some(a), Some(b)) = (ms(i8name), ms(f32name)) {

@@ -114,11 +114,17 @@ fn groups(g: usize, k: usize, rows: usize) -> &'static [[Option<usize>; 4]] {
     }
 }
 
-/// Where channel `c` of a map sits in the vector kernels' block layout, in dwords: blocks of
-/// `bw` channels (64 for zmm, 32 for ymm), each four sub-vectors of `bw / 4` dwords, channel
-/// `16·l + 4·s + d` of a block at dword `4·l + d` of sub-vector `s` (what the unpacks produce).
-fn permuted(c: usize, bw: usize) -> usize {
+/// Where channel `c` of a map with channel stride `c_pad` sits in the vector kernels' block
+/// layout, in dwords: blocks of `bw` channels (64 for zmm, 32 for ymm), each four sub-vectors of
+/// `bw / 4` dwords. In a whole block, channel `16·l + 4·s + d` sits at dword `4·l + d` of
+/// sub-vector `s` (what the unpacks produce from rows loaded as they are); a last block cut short
+/// by `c_pad` keeps channel order (its rows are transposed before the unpacks, so that only the
+/// sub-vectors holding channels need computing).
+fn permuted(c: usize, bw: usize, c_pad: usize) -> usize {
     let (block, cc) = (c / bw, c % bw);
+    if (block + 1) * bw > c_pad {
+        return c;
+    }
     block * bw + (cc % 16 / 4) * (bw / 4) + (cc / 16) * 4 + cc % 4
 }
 
@@ -138,7 +144,7 @@ fn pack_groups<T: Copy + Default>(
     let chunk = bw * g; // one (group, row, kx): bw dwords of g values
     let mut out = vec![T::default(); blocks * groups.len() * rows * k * chunk];
     for c in 0..w.channels {
-        let (block, at) = (c / bw, permuted(c, bw) % bw);
+        let (block, at) = (c / bw, permuted(c, bw, c_pad) % bw);
         for (gi, slots) in groups.iter().enumerate() {
             for r in 0..rows {
                 for kx in 0..k {
@@ -255,10 +261,6 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::ops::Range;
 
-    /// Output pixels per staging chunk: the requantised i32 of a chunk wait there until all four
-    /// sub-vectors of the block are done, then pack to bytes together.
-    const XC: usize = 16;
-
     /// One call's operands (checked by `depthwise_u8`).
     pub(super) struct Call<'a> {
         pub input: &'a [u8],
@@ -280,17 +282,19 @@ mod x86 {
         in_x0: usize,
         c_pad: usize,
         channels: usize,
+        /// Blocks holding real channels.
+        blocks: usize,
         output: *mut u8,
         out_geom: MapGeom,
-        /// Interleaved input columns of one row step: `(out_w - 1)·stride + k`.
-        ncols: usize,
+        /// Output pixels per chunk, and the interleaved columns the scratch holds per block
+        /// and group (`(chunk - 1)·stride + k`).
+        chunk: usize,
+        cols: usize,
         /// Bias and multipliers in the block layout ([`permuted`]).
         bias: *const i32,
         mult: *const f32,
-        /// `[group][column][sub-vector]` vectors.
+        /// `[block][group][column][sub-vector]` vectors.
         scratch: *mut u8,
-        /// `[output row][pixel of the chunk][sub-vector]` vectors of requantised i32.
-        staging: *mut u8,
     }
 
     /// The vector operations of one ISA's kernel.
@@ -308,6 +312,10 @@ mod x86 {
         unsafe fn load_in(p: *const u8, live: usize) -> Self::I;
         /// Interleaves `G` rows into four sub-vectors.
         unsafe fn build(r: &[Self::I; 4]) -> [Self::I; 4];
+        /// The dword transpose that makes [`Vx::build`] keep channel order (a short block's
+        /// rows), and its inverse on the packed bytes.
+        unsafe fn to_natural_rows(v: Self::I) -> Self::I;
+        unsafe fn to_natural_bytes(v: Self::I) -> Self::I;
         unsafe fn load(p: *const u8) -> Self::I;
         unsafe fn store(p: *mut u8, v: Self::I);
         /// `acc + Σ_lane q · w`.
@@ -323,9 +331,12 @@ mod x86 {
         unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
         unsafe fn max(a: Self::F, b: Self::F) -> Self::F;
         unsafe fn min(a: Self::F, b: Self::F) -> Self::F;
-        /// Packs four sub-vectors of i32 (each `≤ hi - zp`) to bytes in channel order, adds the
-        /// zero point, raises to `lo` and stores the first `live` bytes.
-        unsafe fn pack_store(v: &[Self::I; 4], zp: Self::I, lo: Self::I, dst: *mut u8, live: usize);
+        /// Packs four sub-vectors of i32 (each `≤ hi - zp`) to bytes, adds the zero point and
+        /// raises to `lo`: in channel order for a whole block's layout, in the transposed order
+        /// of a short block's (undone by [`Vx::to_natural_bytes`]).
+        unsafe fn pack(v: &[Self::I; 4], zp: Self::I, lo: Self::I) -> Self::I;
+        /// Stores the first `live` bytes.
+        unsafe fn store_bytes(dst: *mut u8, bytes: Self::I, live: usize);
     }
 
     /// AVX-512 (BW, VNNI): 64 channels per block, four rows per `vpdpbusd` lane.
@@ -413,10 +424,22 @@ mod x86 {
             _mm512_min_ps(a, b)
         }
         #[inline(always)]
-        unsafe fn pack_store(v: &[__m512i; 4], zp: __m512i, lo: __m512i, dst: *mut u8, live: usize) {
+        unsafe fn to_natural_rows(v: __m512i) -> __m512i {
+            // Dword 4·l + s from dword 4·s + l (a 4x4 transpose, its own inverse).
+            _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), v)
+        }
+        #[inline(always)]
+        unsafe fn to_natural_bytes(v: __m512i) -> __m512i {
+            Self::to_natural_rows(v)
+        }
+        #[inline(always)]
+        unsafe fn pack(v: &[__m512i; 4], zp: __m512i, lo: __m512i) -> __m512i {
             let p01 = _mm512_adds_epi16(_mm512_packs_epi32(v[0], v[1]), zp);
             let p23 = _mm512_adds_epi16(_mm512_packs_epi32(v[2], v[3]), zp);
-            let bytes = _mm512_max_epu8(_mm512_packus_epi16(p01, p23), lo);
+            _mm512_max_epu8(_mm512_packus_epi16(p01, p23), lo)
+        }
+        #[inline(always)]
+        unsafe fn store_bytes(dst: *mut u8, bytes: __m512i, live: usize) {
             if live >= 64 {
                 _mm512_storeu_si512(dst as *mut _, bytes)
             } else {
@@ -510,10 +533,23 @@ mod x86 {
             _mm256_min_ps(a, b)
         }
         #[inline(always)]
-        unsafe fn pack_store(v: &[__m256i; 4], zp: __m256i, lo: __m256i, dst: *mut u8, live: usize) {
+        unsafe fn to_natural_rows(v: __m256i) -> __m256i {
+            // Dword 4·l + s (lane l, sub-vector s) from channel dword 2·s + l.
+            _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7))
+        }
+        #[inline(always)]
+        unsafe fn to_natural_bytes(v: __m256i) -> __m256i {
+            // Channel dword 2·s + l from dword 4·l + s.
+            _mm256_permutevar8x32_epi32(v, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+        }
+        #[inline(always)]
+        unsafe fn pack(v: &[__m256i; 4], zp: __m256i, lo: __m256i) -> __m256i {
             let p01 = _mm256_adds_epi16(_mm256_packs_epi32(v[0], v[1]), zp);
             let p23 = _mm256_adds_epi16(_mm256_packs_epi32(v[2], v[3]), zp);
-            let bytes = _mm256_max_epu8(_mm256_packus_epi16(p01, p23), lo);
+            _mm256_max_epu8(_mm256_packus_epi16(p01, p23), lo)
+        }
+        #[inline(always)]
+        unsafe fn store_bytes(dst: *mut u8, bytes: __m256i, live: usize) {
             if live >= 32 {
                 _mm256_storeu_si256(dst as *mut __m256i, bytes)
             } else {
@@ -551,6 +587,10 @@ mod x86 {
         drive::<Ymm>(call, call.w.pairs[0].as_ptr() as *const u8, call.w.pairs[1].as_ptr() as *const u8)
     }
 
+    /// Bytes of interleaved columns one chunk may hold (all blocks of its columns): about half
+    /// of L1, so the chunk's input rows and outputs stay there too.
+    const SCRATCH_BYTES: usize = 16 * 1024;
+
     /// Sets up the call's scratch and runs the row steps: pairs of output rows at stride 1
     /// (weights `w2`), single rows otherwise (`w1`).
     #[inline(always)]
@@ -562,13 +602,17 @@ mod x86 {
         let mut bias = vec![0i32; blocks * V::BW];
         let mut mult = vec![0f32; blocks * V::BW];
         for c in 0..w.channels {
-            bias[permuted(c, V::BW)] = call.req.bias[c];
-            mult[permuted(c, V::BW)] = call.req.multiplier[c];
+            bias[permuted(c, V::BW, c_pad)] = call.req.bias[c];
+            mult[permuted(c, V::BW, c_pad)] = call.req.multiplier[c];
         }
-        let ncols = (call.out_geom.w - 1) * stride + k;
+        // Blocks holding real channels (the others are never stored).
+        let live_blocks = w.channels.div_ceil(V::BW);
         let max_groups = groups(V::G, k, 1).len().max(groups(V::G, k, 2).len());
-        let mut scratch = vec![0u8; max_groups * ncols * 4 * V::VB];
-        let mut staging = vec![0u8; 2 * XC * 4 * V::VB];
+        let per_col = live_blocks * max_groups * 4 * V::VB;
+        let ncols = (call.out_geom.w - 1) * stride + k;
+        // Columns per chunk: what SCRATCH_BYTES holds, at least enough for 4 pixels.
+        let cols = (SCRATCH_BYTES / per_col).max(3 * stride + k).min(ncols);
+        let mut scratch = vec![0u8; cols * per_col];
         let job = Job {
             input: call.input.as_ptr(),
             in_rs: call.in_geom.row_stride(),
@@ -576,13 +620,14 @@ mod x86 {
             in_x0: call.in_geom.pad - pad,
             c_pad,
             channels: w.channels,
+            blocks: live_blocks,
             output: call.output,
             out_geom: call.out_geom,
-            ncols,
+            chunk: (cols - k) / stride + 1,
+            cols,
             bias: bias.as_ptr(),
             mult: mult.as_ptr(),
             scratch: scratch.as_mut_ptr(),
-            staging: staging.as_mut_ptr(),
         };
         let req = call.req;
         let c = Consts::<V> {
@@ -597,7 +642,8 @@ mod x86 {
         };
         let (y0, y1) = (call.rows.start, call.rows.end);
         let hs = req.hardswish.is_some();
-        // Groups per step for (G, k): see `groups`.
+        // `ng` groups per step for (G, k) (see `groups`); `nx1`, `nx2` output pixels per
+        // register tile for one and two output rows per step.
         macro_rules! steps {
             ($k:literal, $ng:literal, $nx1:literal, $nx2:literal) => {{
                 if stride == 1 {
@@ -617,16 +663,18 @@ mod x86 {
             }};
         }
         match (V::G, k) {
-            (4, 3) => steps!(3, 1, 4, 4),
-            (4, 5) => steps!(5, 2, 4, 2),
-            (2, 3) => steps!(3, 2, 4, 2),
-            (2, 5) => steps!(5, 3, 2, 2),
+            (4, 3) => steps!(3, 1, 4, 2),
+            (4, 5) => steps!(5, 2, 2, 1),
+            (2, 3) => steps!(3, 2, 2, 1),
+            (2, 5) => steps!(5, 3, 2, 1),
             _ => unreachable!("kernel {k}"),
         }
-        drop((scratch, staging, bias, mult));
+        drop((scratch, bias, mult));
     }
 
-    /// Row steps of `R` output rows from `y0` to `y1` (a multiple of `R` rows).
+    /// Row steps of `R` output rows from `y0` to `y1` (a multiple of `R` rows), in chunks of
+    /// output pixels: the chunk's input columns are interleaved (every live block) into the
+    /// scratch, then each block's pixels computed from there in register tiles of `NX`.
     #[inline(always)]
     unsafe fn rows<
         V: Vx,
@@ -645,119 +693,117 @@ mod x86 {
     ) {
         let slots = groups(V::G, K, R);
         debug_assert_eq!(slots.len(), NG);
-        let blocks = job.c_pad.div_ceil(V::BW);
         let out_w = job.out_geom.w;
+        let block_bytes = NG * job.cols * 4 * V::VB;
         let mut oy = y0;
         while oy < y1 {
-            for b in 0..blocks {
-                let c0 = b * V::BW;
-                if c0 >= job.channels {
-                    break;
-                }
-                let live_in = (job.c_pad - c0).min(V::BW);
-                let live_out = (job.channels - c0).min(V::BW);
-                // Interleave the step's input rows, every column, into the scratch.
-                for (g, slot) in slots.iter().enumerate() {
-                    let mut src = [std::ptr::null::<u8>(); 4];
-                    for (p, y) in src.iter_mut().zip(slot) {
-                        if let Some(y) = y {
-                            *p = job.input.add((job.in_y0 + oy * S + y) * job.in_rs + job.in_x0 * job.c_pad + c0);
-                        }
-                    }
-                    let dst = job.scratch.add(g * job.ncols * 4 * V::VB);
-                    for col in 0..job.ncols {
-                        let mut r = [V::zero(); 4];
-                        for j in 0..V::G {
-                            if !src[j].is_null() {
-                                r[j] = V::load_in(src[j].add(col * job.c_pad), live_in);
-                            }
-                        }
-                        let q = V::build(&r);
-                        for (s, q) in q.iter().enumerate() {
-                            V::store(dst.add((col * 4 + s) * V::VB), *q);
-                        }
+            // Each group's rows (null: a zero row), at column 0 of block 0.
+            let mut src = [[std::ptr::null::<u8>(); 4]; NG];
+            for (src, slot) in src.iter_mut().zip(slots) {
+                for (p, y) in src.iter_mut().zip(slot) {
+                    if let Some(y) = y {
+                        *p = job.input.add((job.in_y0 + oy * S + y) * job.in_rs + job.in_x0 * job.c_pad);
                     }
                 }
-                // The block's outputs, XC pixels at a time.
-                let mut x0 = 0;
-                while x0 < out_w {
-                    let mut n = XC.min(out_w - x0);
-                    if n < NX && out_w >= NX {
-                        // A short last chunk overlaps the one before (recomputing a few pixels).
-                        x0 = out_w - NX;
-                        n = NX;
-                    }
-                    for s in 0..4 {
-                        let bias = V::load(job.bias.add(c0 + s * V::BW / 4) as *const u8);
-                        let mult = V::loadf(job.mult.add(c0 + s * V::BW / 4));
-                        let mut w = [[[V::zero(); K]; R]; NG];
-                        for (g, w) in w.iter_mut().enumerate() {
-                            for (r, w) in w.iter_mut().enumerate() {
-                                for (kx, w) in w.iter_mut().enumerate() {
-                                    *w = V::load(weights.add(((((b * NG + g) * R + r) * K + kx) * 4 + s) * V::VB));
+            }
+            let mut x0 = 0;
+            while x0 < out_w {
+                let mut n = job.chunk.min(out_w - x0);
+                if n < NX && out_w >= NX {
+                    // A short last chunk overlaps the one before (recomputing a few pixels).
+                    x0 = out_w - NX;
+                    n = NX;
+                }
+                // Interleave the chunk's columns, pixel by pixel (each pixel's channels are
+                // contiguous), every block.
+                for col in 0..(n - 1) * S + K {
+                    let at = (x0 * S + col) * job.c_pad;
+                    for b in 0..job.blocks {
+                        let c0 = b * V::BW;
+                        let live_in = (job.c_pad - c0).min(V::BW);
+                        let short = live_in < V::BW;
+                        for (g, src) in src.iter().enumerate() {
+                            let mut r = [V::zero(); 4];
+                            for j in 0..V::G {
+                                if !src[j].is_null() {
+                                    r[j] = V::load_in(src[j].add(at + c0), live_in);
+                                    if short {
+                                        r[j] = V::to_natural_rows(r[j]);
+                                    }
                                 }
                             }
-                        }
-                        let scr = job.scratch.add(s * V::VB) as *const u8;
-                        let stage = job.staging.add(s * V::VB);
-                        if n >= NX {
-                            let mut xi = 0;
-                            while xi < n {
-                                let at = xi.min(n - NX);
-                                pixels::<V, K, S, R, NG, NX, HS>(
-                                    job,
-                                    scr,
-                                    x0 + at,
-                                    &w,
-                                    bias,
-                                    mult,
-                                    c,
-                                    stage.add(at * 4 * V::VB),
-                                );
-                                xi += NX;
-                            }
-                        } else {
-                            for at in 0..n {
-                                pixels::<V, K, S, R, NG, 1, HS>(
-                                    job,
-                                    scr,
-                                    x0 + at,
-                                    &w,
-                                    bias,
-                                    mult,
-                                    c,
-                                    stage.add(at * 4 * V::VB),
-                                );
+                            let q = V::build(&r);
+                            let dst = job.scratch.add(b * block_bytes + (g * job.cols + col) * 4 * V::VB);
+                            for (s, q) in q.iter().enumerate() {
+                                V::store(dst.add(s * V::VB), *q);
                             }
                         }
                     }
-                    for r in 0..R {
-                        for at in 0..n {
-                            let from = job.staging.add((r * XC + at) * 4 * V::VB);
-                            let v = [
-                                V::load(from),
-                                V::load(from.add(V::VB)),
-                                V::load(from.add(2 * V::VB)),
-                                V::load(from.add(3 * V::VB)),
-                            ];
-                            let dst = job.output.add(job.out_geom.offset(oy + r, x0 + at) + c0);
-                            V::pack_store(&v, c.zp, c.lo, dst, live_out);
-                        }
-                    }
-                    x0 += n;
                 }
+                for b in 0..job.blocks {
+                    let c0 = b * V::BW;
+                    let live_out = (job.channels - c0).min(V::BW);
+                    let wb = weights.add(b * NG * R * K * 4 * V::VB);
+                    let scr = job.scratch.add(b * block_bytes) as *const u8;
+                    // Sub-vectors holding channels: all 4, or those of a short block.
+                    let ns = (job.c_pad - c0).min(V::BW) / (V::BW / 4);
+                    macro_rules! tiles {
+                        ($ns:literal, $nat:literal) => {{
+                            if n >= NX {
+                                let mut xi = 0;
+                                while xi < n {
+                                    let at = xi.min(n - NX);
+                                    tile::<V, K, S, R, NG, NX, HS, $ns, $nat>(
+                                        job,
+                                        wb,
+                                        scr,
+                                        at,
+                                        x0 + at,
+                                        c,
+                                        oy,
+                                        c0,
+                                        live_out,
+                                    );
+                                    xi += NX;
+                                }
+                            } else {
+                                for at in 0..n {
+                                    tile::<V, K, S, R, NG, 1, HS, $ns, $nat>(
+                                        job,
+                                        wb,
+                                        scr,
+                                        at,
+                                        x0 + at,
+                                        c,
+                                        oy,
+                                        c0,
+                                        live_out,
+                                    );
+                                }
+                            }
+                        }};
+                    }
+                    match ns {
+                        4 => tiles!(4, false),
+                        3 => tiles!(3, true),
+                        2 => tiles!(2, true),
+                        _ => tiles!(1, true),
+                    }
+                }
+                x0 += n;
             }
             oy += R;
         }
     }
 
-    /// `NX` output pixels from `x` of the step's `R` rows, one sub-vector (`scr` and `stage`
-    /// point at it): the accumulators start at the bias, each interleaved column is loaded once
-    /// and meets the weights of every (pixel, kx, row) that reads it; the requantised i32 go to
-    /// the staging chunk.
+    /// `NX` output pixels (`xs` in the chunk's scratch `scr`, `x` in the map) of the step's `R`
+    /// rows, the `NS` sub-vectors of block `c0` in registers (`NATURAL`: a short block's
+    /// layout, see [`permuted`]): the accumulators start at the bias,
+    /// each interleaved column is loaded once per sub-vector and meets the weights (`wb`: the
+    /// block's) of every (pixel, kx, row) that reads it; then requantised and stored as bytes.
     #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
     #[inline(always)]
-    unsafe fn pixels<
+    unsafe fn tile<
         V: Vx,
         const K: usize,
         const S: usize,
@@ -765,26 +811,40 @@ mod x86 {
         const NG: usize,
         const NX: usize,
         const HS: bool,
+        const NS: usize,
+        const NATURAL: bool,
     >(
         job: &Job,
+        wb: *const u8,
         scr: *const u8,
+        xs: usize,
         x: usize,
-        w: &[[[V::I; K]; R]; NG],
-        bias: V::I,
-        mult: V::F,
         c: &Consts<V>,
-        stage: *mut u8,
+        oy: usize,
+        c0: usize,
+        live_out: usize,
     ) {
-        let mut acc = [[bias; NX]; R];
+        let mut acc = [[[V::zero(); NS]; NX]; R];
+        for s in 0..NS {
+            let bias = V::load(job.bias.add(c0 + s * V::BW / 4) as *const u8);
+            for acc in acc.iter_mut() {
+                for acc in acc.iter_mut() {
+                    acc[s] = bias;
+                }
+            }
+        }
         for g in 0..NG {
-            let cols = scr.add((g * job.ncols + x * S) * 4 * V::VB);
+            let cols = scr.add((g * job.cols + xs * S) * 4 * V::VB);
             for col in 0..(NX - 1) * S + K {
-                let q = V::load(cols.add(col * 4 * V::VB));
-                for j in 0..NX {
-                    if col >= j * S && col - j * S < K {
-                        let kx = col - j * S;
-                        for r in 0..R {
-                            acc[r][j] = V::mac(acc[r][j], q, w[g][r][kx]);
+                for s in 0..NS {
+                    let q = V::load(cols.add((col * 4 + s) * V::VB));
+                    for j in 0..NX {
+                        if col >= j * S && col - j * S < K {
+                            let kx = col - j * S;
+                            for r in 0..R {
+                                let w = V::load(wb.add((((g * R + r) * K + kx) * 4 + s) * V::VB));
+                                acc[r][j][s] = V::mac(acc[r][j][s], q, w);
+                            }
                         }
                     }
                 }
@@ -792,12 +852,22 @@ mod x86 {
         }
         for r in 0..R {
             for j in 0..NX {
-                let mut t = V::mul(V::to_f(acc[r][j]), mult);
-                if HS {
-                    let g = V::min(V::max(V::add(V::mul(t, c.out_scale), c.three), c.zero), c.six);
-                    t = V::mul(V::mul(t, g), c.sixth);
+                let mut v = [V::zero(); 4];
+                for s in 0..NS {
+                    let mult = V::loadf(job.mult.add(c0 + s * V::BW / 4));
+                    let mut t = V::mul(V::to_f(acc[r][j][s]), mult);
+                    if HS {
+                        let g = V::min(V::max(V::add(V::mul(t, c.out_scale), c.three), c.zero), c.six);
+                        t = V::mul(V::mul(t, g), c.sixth);
+                    }
+                    v[s] = V::round(V::min(t, c.hi_zp));
                 }
-                V::store(stage.add((r * XC + j) * 4 * V::VB), V::round(V::min(t, c.hi_zp)));
+                let dst = job.output.add(job.out_geom.offset(oy + r, x + j) + c0);
+                let mut bytes = V::pack(&v, c.zp, c.lo);
+                if NATURAL {
+                    bytes = V::to_natural_bytes(bytes);
+                }
+                V::store_bytes(dst, bytes, live_out);
             }
         }
     }
@@ -811,14 +881,24 @@ pub struct DepthwiseSpeed {
     /// Median time of the whole layer, one thread: the calling thread's CPU time where the OS
     /// gives it (Linux), wall time elsewhere.
     pub ms: f64,
+    /// The fastest round (steadier than the median on a busy machine).
+    pub min_ms: f64,
 }
 
 /// The speed probe: the int8 depthwise conv on every int8 ISA this CPU has, and the f32 one
 /// (`crate::kernels::depthwise`, ReLU6 fused) on every vector f32 ISA, at an `h × w × c` input,
 /// `k`x`k`, stride `stride`, one thread. `runs` rounds, each running every kernel once (so a
 /// busy machine's noise hits all of them alike); the median per kernel. The int8 layer clamps
-/// as a fused ReLU6 does.
-pub fn speed_probe(h: usize, w: usize, c: usize, k: usize, stride: usize, runs: usize) -> Vec<DepthwiseSpeed> {
+/// as a fused ReLU6 does. `portable`: the portable int8 kernel too.
+pub fn speed_probe(
+    h: usize,
+    w: usize,
+    c: usize,
+    k: usize,
+    stride: usize,
+    runs: usize,
+    portable: bool,
+) -> Vec<DepthwiseSpeed> {
     use super::scheme::ActivationQuant;
     use crate::kernels::{self, Conv};
     use crate::simd::{pad_channels, Isa};
@@ -873,7 +953,8 @@ pub fn speed_probe(h: usize, w: usize, c: usize, k: usize, stride: usize, runs: 
         out_geom,
         out_row0: 0,
     };
-    let int8: Vec<Int8Isa> = Int8Isa::all_available();
+    let int8: Vec<Int8Isa> =
+        Int8Isa::all_available().into_iter().filter(|&i| portable || i != Int8Isa::Portable).collect();
     let f32s: Vec<Isa> = Isa::all_available().into_iter().filter(|&i| i != Isa::Portable).collect();
     let mut times = vec![Vec::new(); int8.len() + f32s.len()];
     for round in 0..=runs.max(1) {
@@ -901,7 +982,7 @@ pub fn speed_probe(h: usize, w: usize, c: usize, k: usize, stride: usize, runs: 
         .zip(times)
         .map(|(kernel, mut t)| {
             t.sort_by(f64::total_cmp);
-            DepthwiseSpeed { kernel, ms: t[t.len() / 2] }
+            DepthwiseSpeed { kernel, ms: t[t.len() / 2], min_ms: t[0] }
         })
         .collect()
 }
@@ -1206,15 +1287,19 @@ mod tests {
     #[test]
     fn block_layout_is_a_permutation() {
         for bw in [32, 64] {
-            let mut seen = vec![false; 3 * bw];
-            for c in 0..3 * bw {
-                let p = permuted(c, bw);
-                assert!(p / bw == c / bw && !seen[p]);
-                seen[p] = true;
+            for c_pad in [3 * bw, 3 * bw - 16, 3 * bw - 32] {
+                let mut seen = vec![false; c_pad];
+                for c in 0..c_pad {
+                    let p = permuted(c, bw, c_pad);
+                    assert!(p / bw == c / bw && !seen[p]);
+                    seen[p] = true;
+                }
             }
         }
         // Channel 16·l + 4·s + d at dword 4·l + d of sub-vector s (zmm: 16 dwords each).
-        assert_eq!(permuted(16 + 4 * 2 + 3, 64), 2 * 16 + 4 + 3);
-        assert_eq!(permuted(64 + 5, 64), 64 + 16 + 1);
+        assert_eq!(permuted(16 + 4 * 2 + 3, 64, 128), 2 * 16 + 4 + 3);
+        assert_eq!(permuted(64 + 5, 64, 128), 64 + 16 + 1);
+        // A short last block keeps channel order.
+        assert_eq!(permuted(64 + 5, 64, 112), 64 + 5);
     }
 }

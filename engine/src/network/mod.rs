@@ -6,8 +6,10 @@
 //!   one used exactly (or made up, for benchmarks).
 //! - `layers.rs`: the layer types ([`layers::Layer`], the packed GEMM operand [`layers::Dense`],
 //!   the maps between layers) and the kernel jobs they build.
-//! - `lowering.rs`: [`Network::build`], a loop over the resolved [`crate::arch::Plan`]; its
-//!   builder folds each BatchNorm into its conv and packs the weights once.
+//! - `folded.rs`: [`folded::FoldedModel`], the model every lowering starts from: one walk over
+//!   the resolved [`crate::arch::Plan`], each BatchNorm folded into its conv, the topology fixed.
+//! - `lowering.rs`: [`Network::from_folded`]: each folded conv in its kernel's layout, the
+//!   weights packed once.
 //! - `fusion.rs`: which layers run together as one group (a depthwise → pointwise pair, an
 //!   expand → depthwise → pointwise triple, a pair → pair chain), decided once per network.
 //! - `memory.rs`: [`Workspace`], one thread's buffers: maps share slots by lifetime, plus the
@@ -23,6 +25,7 @@
 //! into a feature row; the classifier runs as GEMMs over the pooled rows of a whole batch.
 
 mod execute;
+pub mod folded;
 mod fusion;
 mod layers;
 mod lowering;

@@ -101,7 +101,7 @@ impl Network {
     }
 
     /// [`Self::from_folded`] with the input map's channel stride given.
-    pub(super) fn lower(model: &FoldedModel, isa: Isa, input_stride: usize) -> Network {
+    pub(crate) fn lower(model: &FoldedModel, isa: Isa, input_stride: usize) -> Network {
         let lanes = isa.lanes();
         let borders = model.borders();
         let maps: Vec<MapInfo> = model

@@ -16,6 +16,8 @@
 //!   band buffers of fused groups.
 //! - `execute.rs`: running the groups: whole layers, bands of a pair, rings of a triple or chain,
 //!   split over threads.
+//! - `observe.rs`: [`Network::run_observed`], every layer alone with a look at each map (int8
+//!   calibration, the fake-quantised reference).
 //! - `profile.rs`: [`LayerProfile`] and [`Network::profile`], per-layer times, MACs and bytes.
 //! - `tests.rs`: property tests of each layer type against [`crate::reference`] on every ISA.
 //!
@@ -30,6 +32,7 @@ mod fusion;
 mod layers;
 mod lowering;
 mod memory;
+mod observe;
 mod profile;
 mod source;
 #[cfg(test)]
@@ -43,6 +46,7 @@ use fusion::Group;
 use layers::{Dense, Layer, MapInfo};
 
 pub use memory::Workspace;
+pub use observe::ObservedMap;
 pub use profile::LayerProfile;
 pub use source::{NamedTensors, TensorSource};
 

@@ -120,7 +120,10 @@ pub fn to_bytes(
         calibration,
     };
     let mut metadata = extra.clone();
-    metadata.insert(CONFIG_METADATA_KEY.to_string(), serde_json::to_string(&folded.spec).expect("spec serialises"));
+    // The caller's configuration (a superset of the spec, e.g. the CLI's) wins.
+    metadata
+        .entry(CONFIG_METADATA_KEY.to_string())
+        .or_insert_with(|| serde_json::to_string(&folded.spec).expect("spec serialises"));
     metadata.insert(INT8_METADATA_KEY.to_string(), serde_json::to_string(&meta).expect("metadata serialises"));
     metadata.insert("model".to_string(), folded.spec.arch.name().to_string());
     metadata.insert("num_classes".to_string(), folded.spec.num_classes.to_string());

@@ -22,9 +22,19 @@ execution, ORT_ENABLE_ALL, intra-op spin-waiting as --ort-allow-spinning says (d
 default; on a loaded machine spinning can make ORT ~2x slower at T = 2, so bench on an idle one). Both sides get the same input: pixel i of the NCHW batch is
 (i % 251) / 125 - 1, which is what `mobilenet bench` feeds itself.
 
+--int8 (issue 14) times int8 inference instead, on the same random-init weights: ONNX Runtime's
+post-training static quantisation (quant_pre_process, then quantize_static with QDQ, per-channel
+QInt8 weights, QUInt8 activations, MinMax calibration; tools/quant/ort_int8.py) against ours
+(`mobilenet quantize --method minmax`), both calibrated on the same --calibration-images PNG files
+(224x224 crops of tests/fixtures/photos, seeded, written to WORK/calibration; ORT gets them through
+torchvision's eval transform, ours reads the folder). ORT int8, ours int8 and ours fp32 are timed
+in turns (the order rotates each round); the ratios are ORT-int8 ms / ours-int8 ms and ours-fp32 ms
+/ ours-int8 ms (> 1: ours int8 is faster).
+
 Example (the default run, ~5-10 minutes):
   python3 tools/bench/bench_engine_vs_ort.py
   python3 tools/bench/bench_engine_vs_ort.py --bin target/release/mobilenet-engine --seconds 0.5 --rounds 1
+  python3 tools/bench/bench_engine_vs_ort.py --int8            # int8: ORT int8, ours int8, ours fp32
 Prints progress, then a markdown block for docs/BENCHMARKS.md; --json FILE also saves the raw data.
 """
 import argparse
@@ -52,6 +62,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tools", "fixtures"))
 from make_fixtures import MobileNetV1  # noqa: E402  (the V1 with our key layout)
+sys.path.insert(0, os.path.join(REPO, "tools", "quant"))
 
 import onnxruntime as ort  # noqa: E402
 
@@ -244,6 +255,10 @@ def main():
                     help="ORT session.intra_op.allow_spinning (1 = ORT's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--int8", action="store_true",
+                    help="time ORT int8 (quantize_static QDQ), ours int8 (`mobilenet quantize`) and ours fp32")
+    ap.add_argument("--calibration-images", type=int, default=64,
+                    help="--int8: calibration images (photo-derived 224x224 PNGs, same files for both)")
     args = ap.parse_args()
 
     if args.opset is None:
@@ -287,6 +302,9 @@ def main():
     log(f"# {env['date']}  cpu: {env['cpu']} ({env['logical_cpus']} logical, {' '.join(env['cpu_flags'])})")
     log(f"# versions: {env['versions']}")
     log(f"# load average before: {env['loadavg_before']}  work dir: {work}")
+
+    if args.int8:
+        return main_int8(args, models, bin_path, work, tmp, size, started, env)
 
     results = []
     checks = []
@@ -391,6 +409,129 @@ def main():
     print("ORT vs torch logits, max abs diff: " + "; ".join(
         f"{c['model']} b{c['batch']}: {c['max_abs_diff']:.2g} (max |logit| {c['max_abs_logit']:.3g}, "
         f"relative {c['max_abs_diff'] / max(c['max_abs_logit'], 1e-30):.2g})" for c in checks) + ".")
+
+
+# ---- int8 (issue 14) ---------------------------------------------------------------------------
+def main_int8(args, models, bin_path, work, tmp, size, started, env):
+    import ort_int8  # tools/quant/ort_int8.py
+    if size != 224:
+        raise RuntimeError("--int8 calibrates with the 256/224 ImageNet transform; use --image-size 224")
+    calib_dir = os.path.join(work, "calibration")
+    photos = ort_int8.list_images(os.path.join(REPO, "tests", "fixtures", "photos"))
+    if not os.path.isdir(calib_dir) or len(ort_int8.list_images(calib_dir)) != args.calibration_images:
+        import shutil
+        shutil.rmtree(calib_dir, ignore_errors=True)
+        ort_int8.write_pngs(ort_int8.photo_crops(photos, args.calibration_images, seed=args.seed), calib_dir, "calib")
+    calib_paths = ort_int8.list_images(calib_dir)
+    # Our random-init files carry no preprocessing metadata, so both sides use ImageNet's.
+    calib = ort_int8.preprocess_files(calib_paths, ort_int8.IMAGENET_PREPROCESS)
+    log(f"# calibration: {len(calib_paths)} PNGs in {calib_dir}")
+
+    results, checks, quant_logs = [], [], {}
+    sides = ("ort_int8", "ours_int8", "ours_fp32")
+    for arch in models:
+        log(f"\n== {arch}")
+        model = build_model(arch, args.seed + 100 * ALL_MODELS.index(arch))  # same weights as the fp32 mode
+        weights = os.path.join(work, f"{arch}.safetensors")
+        save_weights(model, arch, weights)
+        qweights = os.path.join(work, f"{arch}_int8.safetensors")
+        t = time.perf_counter()
+        quant_logs[arch] = ort_int8.quantize_ours(bin_path, weights, calib_dir, qweights,
+                                                  images=len(calib_paths), method="minmax")
+        log(f"   mobilenet quantize: {time.perf_counter() - t:.1f} s")
+        with torch.no_grad():
+            calib_ref = model(torch.from_numpy(calib)).numpy()
+        int8_paths = {}
+        for batch, threads in args.configs:
+            if batch in int8_paths:
+                continue
+            fp32_path = os.path.join(work, f"{arch}_b{batch}_s{size}.onnx")
+            opset = export_onnx(model, batch, size, fp32_path, args.exporter, args.opset)
+            int8_path = os.path.join(work, f"{arch}_b{batch}_s{size}_int8_qdq.onnx")
+            t = time.perf_counter()
+            ort_int8.quantize_ort(fp32_path, int8_path, calib, batch=batch)
+            log(f"   ORT quantize_static, batch {batch}: {time.perf_counter() - t:.1f} s")
+            int8_paths[batch] = int8_path
+            # Sanity: ORT int8 against torch fp32 on the calibration images (top-1 agreement).
+            got = ort_int8.ort_logits(int8_path, calib, batch=batch, threads=threads)
+            agree = float((got.argmax(1) == calib_ref.argmax(1)).mean())
+            diff = float(np.max(np.abs(got - calib_ref)))
+            checks.append({"model": arch, "batch": batch, "opset": opset, "ort_int8_top1_agree_torch": agree,
+                           "ort_int8_max_abs_diff": diff, "max_abs_logit": float(np.max(np.abs(calib_ref)))})
+            log(f"   ORT int8 vs torch fp32 on the calibration images, batch {batch}: top-1 agreement {agree:.3f}, "
+                f"max|diff| {diff:.3g} (max|logit| {np.max(np.abs(calib_ref)):.3g})")
+
+        for batch, threads in args.configs:
+            sess = ort_session(int8_paths[batch], threads, args.ort_allow_spinning)
+            x = bench_input(batch, size)
+            rounds = {s: [] for s in sides}
+            for r in range(args.rounds):
+                order = sides[r % 3:] + sides[:r % 3]  # rotate who goes first
+                for side in order:
+                    if side == "ort_int8":
+                        rounds[side].append(time_ort(sess, x, args.seconds))
+                    else:
+                        w = qweights if side == "ours_int8" else weights
+                        rounds[side].append(time_ours(bin_path, w, batch, threads, size, args.seconds))
+                log(f"   b{batch} t{threads} round {r + 1}/{args.rounds}: " + ", ".join(
+                    f"{s} {rounds[s][-1]['median_ms']:.2f} ms (min {rounds[s][-1]['min_ms']:.2f}, {rounds[s][-1]['runs']} runs)"
+                    for s in sides))
+            del sess
+            row = {"model": arch, "batch": batch, "threads": threads, "image_size": size}
+            for s in sides:
+                row[f"{s}_median_ms"] = statistics.median(r["median_ms"] for r in rounds[s])
+                row[f"{s}_min_ms"] = min(r["min_ms"] for r in rounds[s])
+                row[f"{s}_rounds_ms"] = [r["median_ms"] for r in rounds[s]]
+            row["ort_int8_over_ours_int8"] = row["ort_int8_median_ms"] / row["ours_int8_median_ms"]
+            row["ours_fp32_over_ours_int8"] = row["ours_fp32_median_ms"] / row["ours_int8_median_ms"]
+            row["ours_int8_info"] = rounds["ours_int8"][-1]["info"]
+            results.append(row)
+
+    env["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    env["wall_s"] = round((datetime.datetime.now().astimezone() - started).total_seconds(), 1)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "args": {k: v for k, v in vars(args).items()}, "checks": checks,
+                       "results": results, "quantize_output": quant_logs,
+                       "calibration": [os.path.basename(p) for p in calib_paths]}, f, indent=1)
+    if tmp is not None:
+        tmp.cleanup()
+
+    v = env["versions"]
+    isa = sorted({m.group(1) for r in results for m in [re.search(r"(?:isa |engine \()([\w+]+)", r["ours_int8_info"])] if m})
+    print()
+    print(f"## int8 inference latency: ours vs ONNX Runtime int8 ({started.date().isoformat()})")
+    print()
+    print("```sh")
+    print(env["command"])
+    print("```")
+    print()
+    print(f"CPU: {env['cpu']}, {env['logical_cpus']} logical CPUs ({', '.join(env['cpu_flags']) or 'no AVX2'}); "
+          f"our kernels: {', '.join(isa) or 'unknown'}; git {env['git']}, binary `{env['bin']}` built {env['bin_mtime']}.")
+    print(f"onnxruntime {v['onnxruntime']} (CPUExecutionProvider, ORT_ENABLE_ALL, sequential, inter-op 1 thread, "
+          f"intra-op spinning {'on' if args.ort_allow_spinning == '1' else 'off'}); ORT int8: quant_pre_process + "
+          f"quantize_static (QDQ, per-channel, QUInt8 activations, QInt8 weights, MinMax); ours: `mobilenet quantize "
+          f"--method minmax`; both calibrated on the same {len(calib_paths)} PNGs. onnx {v['onnx']}, torch {v['torch']}, "
+          f"torchvision {v['torchvision']}; ONNX from the {env['exporter']} exporter, opset "
+          f"{', '.join(sorted({str(c['opset']) for c in checks}))}.")
+    print(f"{size}x{size} input, random weights with random BN statistics; each side: {WARMUP} warm-up runs, then "
+          f">= {MIN_RUNS} runs and >= {args.seconds:g} s, median; {args.rounds} rotating round(s), median of the round "
+          f"medians. Load average {env['loadavg_before'][0]} before, {env['loadavg_after'][0]} after; run took "
+          f"{env['wall_s']:.0f} s.")
+    print()
+    print("| model | batch | threads | ORT int8 ms | ours int8 ms | ours fp32 ms | ORT-int8 / ours-int8 | ours-fp32 / ours-int8 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['ort_int8_median_ms']:.2f} | {r['ours_int8_median_ms']:.2f} "
+              f"| {r['ours_fp32_median_ms']:.2f} | **{r['ort_int8_over_ours_int8']:.2f}** | {r['ours_fp32_over_ours_int8']:.2f} |")
+    print()
+    print("Per-round medians (ms), ORT int8 / ours int8 / ours fp32: " + "; ".join(
+        f"{r['model']} b{r['batch']}t{r['threads']}: "
+        + " vs ".join('/'.join(f'{t:.1f}' for t in r[f'{s}_rounds_ms']) for s in sides)
+        for r in results) + ".")
+    print()
+    print("ORT int8 against torch fp32 on the calibration images, top-1 agreement: " + "; ".join(
+        f"{c['model']} b{c['batch']}: {c['ort_int8_top1_agree_torch']:.2f}" for c in checks) + ".")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,30 @@
 //! The input's border must hold the input's zero point (the real value 0), and the requantiser's
 //! bias must carry the zero point's correction (`-zp_in · Σ_taps q_w`, as [`Requant::new`]
 //! computes it): the accumulator is the plain `Σ_taps x_u8 · w_s8`, border included.
+//!
+//! **The vector kernels.** A channel's taps sit one pixel (`c_pad` bytes) apart, so the
+//! multiply-adds that sum several products per i32 lane (`vpdpbusd`: four u8·s8; `vpmaddwd`:
+//! two i16·i16) need the taps of one channel side by side. Each output row step (two output
+//! rows at stride 1, one at stride 2) first interleaves the input rows it reads, column by
+//! column, into a scratch row: AVX-512 packs four rows into each channel's dword (`vpunpck*bw`,
+//! `vpunpck*wd`; 3x3 at stride 1 reads rows `y..y+4` for its two output rows, so nothing is
+//! wasted), AVX2 two rows zero-extended to an i16 pair. Every interleaved column then feeds up
+//! to `k · rows` multiply-adds against weights packed per (group, output row, kx) by
+//! [`PackedDepthwise::new`] (the slots a row does not use hold 0). `vpmaddwd` cannot overflow
+//! (two products of at most 255·128) and `vpdpbusd` does not saturate, so both are exact for
+//! any s8 weight, -128 included.
+//!
+//! The unpacks leave sub-vector `s` of a block holding channels `16·l + 4·s + d` (lane `l`,
+//! dword `d`); the weights, bias and multipliers are laid out the same way, and the store's
+//! `vpackssdw`/`vpackuswb` (which work per 128-bit lane) put the bytes back in channel order.
+//!
+//! **The store** equals [`Requant::apply`] bit for bit: the accumulator starts at the bias
+//! (the i32 sum wraps as `acc.wrapping_add(bias)`), `vcvtdq2ps`, `vmulps`, hard-swish in the
+//! same order with no FMA, then `min(t, hi - zp)`, `vcvtps2dq` (round half to even under the
+//! default MXCSR), a saturating pack to i16, `+ zp` (saturating), a saturating pack to u8 and
+//! `max(·, lo)`. That equals `clamp(round(t) + zp, lo, hi)`: rounding is monotone and fixes
+//! integers, so clamping at the integer `hi - zp` before it is the same as after, and every
+//! value the saturations move lies below `lo`.
 
 use std::ops::Range;
 
@@ -12,7 +36,8 @@ use super::isa::Int8Isa;
 use super::scheme::{QuantizedWeights, Requant};
 use crate::kernels::MapGeom;
 
-/// Depthwise weights laid out for the kernels: `[tap][c_pad]` (padding channels 0).
+/// Depthwise weights laid out for the kernels: `[tap][c_pad]` (padding channels 0) for the
+/// portable kernel, and interleaved copies for the vector kernels this CPU can run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedDepthwise {
     /// `[kernel·kernel][c_pad]`.
@@ -20,6 +45,10 @@ pub struct PackedDepthwise {
     kernel: usize,
     channels: usize,
     c_pad: usize,
+    /// AVX-512 (`vpdpbusd` quads), indexed by output rows per step - 1: see [`pack_groups`].
+    quads: [Vec<i8>; 2],
+    /// AVX2 (`vpmaddwd` i16 pairs), the same way.
+    pairs: [Vec<i16>; 2],
 }
 
 impl PackedDepthwise {
@@ -35,7 +64,28 @@ impl PackedDepthwise {
                 weights[t * c_pad + c] = q.values[c * taps + t];
             }
         }
-        PackedDepthwise { weights, kernel, channels: q.out_channels, c_pad }
+        let mut packed = PackedDepthwise {
+            weights,
+            kernel,
+            channels: q.out_channels,
+            c_pad,
+            quads: [Vec::new(), Vec::new()],
+            pairs: [Vec::new(), Vec::new()],
+        };
+        // Only the layouts this CPU's kernels read (kernels 3 and 5 only: others run the
+        // portable kernel).
+        if (kernel == 3 || kernel == 5) && c_pad.is_multiple_of(16) {
+            let isas = Int8Isa::all_available();
+            for rows in 1..=2 {
+                if isas.contains(&Int8Isa::Vnni512) {
+                    packed.quads[rows - 1] = pack_groups(&packed, 4, 64, rows, |v| v);
+                }
+                if isas.contains(&Int8Isa::Avx2) {
+                    packed.pairs[rows - 1] = pack_groups(&packed, 2, 32, rows, |v| v as i16);
+                }
+            }
+        }
+        packed
     }
 
     pub fn kernel(&self) -> usize {
@@ -44,6 +94,67 @@ impl PackedDepthwise {
     pub fn channels(&self) -> usize {
         self.channels
     }
+}
+
+/// The input rows each group of a row step interleaves (`None`: a zero row), for groups of
+/// `g` rows (4: `vpdpbusd`, 2: `vpmaddwd`), kernel `k` and `rows` output rows per step (2 only
+/// at stride 1). Output row `r` of the step reads step rows `r·stride + ky`.
+fn groups(g: usize, k: usize, rows: usize) -> &'static [[Option<usize>; 4]] {
+    const Z: Option<usize> = None;
+    match (g, k, rows) {
+        (4, 3, 1) => &[[Some(0), Some(1), Some(2), Z]],
+        (4, 3, 2) => &[[Some(0), Some(1), Some(2), Some(3)]],
+        (4, 5, 1) => &[[Some(0), Some(1), Some(2), Some(3)], [Some(4), Z, Z, Z]],
+        (4, 5, 2) => &[[Some(1), Some(2), Some(3), Some(4)], [Some(0), Some(5), Z, Z]],
+        (2, 3, 1) => &[[Some(0), Some(1), Z, Z], [Some(2), Z, Z, Z]],
+        (2, 3, 2) => &[[Some(0), Some(1), Z, Z], [Some(2), Some(3), Z, Z]],
+        (2, 5, 1) => &[[Some(0), Some(1), Z, Z], [Some(2), Some(3), Z, Z], [Some(4), Z, Z, Z]],
+        (2, 5, 2) => &[[Some(0), Some(1), Z, Z], [Some(2), Some(3), Z, Z], [Some(4), Some(5), Z, Z]],
+        _ => unreachable!("no groups for {g} rows, kernel {k}, {rows} output rows"),
+    }
+}
+
+/// Where channel `c` of a map sits in the vector kernels' block layout, in dwords: blocks of
+/// `bw` channels (64 for zmm, 32 for ymm), each four sub-vectors of `bw / 4` dwords, channel
+/// `16·l + 4·s + d` of a block at dword `4·l + d` of sub-vector `s` (what the unpacks produce).
+fn permuted(c: usize, bw: usize) -> usize {
+    let (block, cc) = (c / bw, c % bw);
+    block * bw + (cc % 16 / 4) * (bw / 4) + (cc / 16) * 4 + cc % 4
+}
+
+/// The weights for groups of `g` rows: `[block][group][output row][kx][sub-vector][bw / 4]`
+/// dwords, each dword the `g` weights (as `T`, `4 / g` bytes each) the group's rows meet in
+/// that channel (0 where the output row does not read the group's row).
+fn pack_groups<T: Copy + Default>(
+    w: &PackedDepthwise,
+    g: usize,
+    bw: usize,
+    rows: usize,
+    cast: impl Fn(i8) -> T,
+) -> Vec<T> {
+    let (k, c_pad) = (w.kernel, w.c_pad);
+    let groups = groups(g, k, rows);
+    let blocks = c_pad.div_ceil(bw);
+    let chunk = bw * g; // one (group, row, kx): bw dwords of g values
+    let mut out = vec![T::default(); blocks * groups.len() * rows * k * chunk];
+    for c in 0..w.channels {
+        let (block, at) = (c / bw, permuted(c, bw) % bw);
+        for (gi, slots) in groups.iter().enumerate() {
+            for r in 0..rows {
+                for kx in 0..k {
+                    let base = (((block * groups.len() + gi) * rows + r) * k + kx) * chunk + at * g;
+                    for (j, slot) in slots.iter().take(g).enumerate() {
+                        // Step row `slot` is tap row `slot - r` of output row r (stride 1
+                        // when rows = 2; r = 0 otherwise).
+                        if let Some(ky) = slot.and_then(|y| y.checked_sub(r)).filter(|&ky| ky < k) {
+                            out[base + j] = cast(w.weights[(ky * k + kx) * c_pad + c]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Output rows `rows` of the depthwise conv of `input` (geometry `in_geom`, border ≥
@@ -74,7 +185,28 @@ pub fn depthwise_u8(
     assert!(rows.end <= out_geom.h, "rows beyond the map");
     assert!(req.bias.len() >= w.channels && req.multiplier.len() >= w.channels, "requantisation too short");
     assert!(req.residual.is_none(), "a depthwise conv has no residual");
+    assert!(req.lo <= req.hi, "clamp [{}, {}] is empty", req.lo, req.hi);
     assert!(isa.is_available(), "this CPU cannot run the {isa} int8 kernels");
+    if rows.is_empty() || w.channels == 0 {
+        return;
+    }
+    #[cfg(engine_x86)]
+    {
+        let shape = (k == 3 || k == 5) && (stride == 1 || stride == 2) && w.c_pad.is_multiple_of(16);
+        let zmm = isa == Int8Isa::Vnni512 && !w.quads[0].is_empty() && std::arch::is_x86_feature_detected!("avx512bw");
+        let ymm = matches!(isa, Int8Isa::Vnni512 | Int8Isa::Avx2) && !w.pairs[0].is_empty();
+        let call =
+            x86::Call { input, in_geom, w, stride, req, output: output.as_mut_ptr(), out_geom, rows: rows.clone() };
+        if shape && zmm {
+            // SAFETY: Vnni512 was detected (avx512f, avx512vnni) and avx512bw just now; the
+            // asserts above bound every read and write (see `x86::drive`).
+            return unsafe { x86::run_zmm(&call) };
+        }
+        if shape && ymm {
+            // SAFETY: Vnni512 and Avx2 both imply AVX2; bounds as above.
+            return unsafe { x86::run_ymm(&call) };
+        }
+    }
     depthwise_portable(input, in_geom, w, stride, req, output, out_geom, rows)
 }
 
@@ -112,5 +244,977 @@ fn depthwise_portable(
                 *d = req.apply(a, c);
             }
         }
+    }
+}
+
+#[cfg(engine_x86)]
+mod x86 {
+    use super::{groups, permuted, PackedDepthwise};
+    use crate::kernels::MapGeom;
+    use crate::quant::scheme::{Requant, HARDSWISH_SIXTH};
+    use std::arch::x86_64::*;
+    use std::ops::Range;
+
+    /// Output pixels per staging chunk: the requantised i32 of a chunk wait there until all four
+    /// sub-vectors of the block are done, then pack to bytes together.
+    const XC: usize = 16;
+
+    /// One call's operands (checked by `depthwise_u8`).
+    pub(super) struct Call<'a> {
+        pub input: &'a [u8],
+        pub in_geom: MapGeom,
+        pub w: &'a PackedDepthwise,
+        pub stride: usize,
+        pub req: &'a Requant,
+        pub output: *mut u8,
+        pub out_geom: MapGeom,
+        pub rows: Range<usize>,
+    }
+
+    /// What the kernels read: raw pointers into the call's buffers and per-call scratch.
+    struct Job {
+        input: *const u8,
+        in_rs: usize,
+        /// Bordered row and column of output pixel (0, 0)'s top-left tap.
+        in_y0: usize,
+        in_x0: usize,
+        c_pad: usize,
+        channels: usize,
+        output: *mut u8,
+        out_geom: MapGeom,
+        /// Interleaved input columns of one row step: `(out_w - 1)·stride + k`.
+        ncols: usize,
+        /// Bias and multipliers in the block layout ([`permuted`]).
+        bias: *const i32,
+        mult: *const f32,
+        /// `[group][column][sub-vector]` vectors.
+        scratch: *mut u8,
+        /// `[output row][pixel of the chunk][sub-vector]` vectors of requantised i32.
+        staging: *mut u8,
+    }
+
+    /// The vector operations of one ISA's kernel.
+    pub(super) trait Vx {
+        /// Channels per block.
+        const BW: usize;
+        /// Input rows interleaved per group (per i32 lane of the multiply-add).
+        const G: usize;
+        /// Bytes per vector (= `BW`: a sub-vector is `BW / 4` dwords).
+        const VB: usize;
+        type I: Copy;
+        type F: Copy;
+        unsafe fn zero() -> Self::I;
+        /// `live` (a multiple of 16) bytes of a block's input channels, zeros after.
+        unsafe fn load_in(p: *const u8, live: usize) -> Self::I;
+        /// Interleaves `G` rows into four sub-vectors.
+        unsafe fn build(r: &[Self::I; 4]) -> [Self::I; 4];
+        unsafe fn load(p: *const u8) -> Self::I;
+        unsafe fn store(p: *mut u8, v: Self::I);
+        /// `acc + Σ_lane q · w`.
+        unsafe fn mac(acc: Self::I, q: Self::I, w: Self::I) -> Self::I;
+        unsafe fn loadf(p: *const f32) -> Self::F;
+        unsafe fn splat(x: f32) -> Self::F;
+        unsafe fn splat16(x: i16) -> Self::I;
+        unsafe fn splat8(x: u8) -> Self::I;
+        unsafe fn to_f(v: Self::I) -> Self::F;
+        /// Round half to even (the default MXCSR).
+        unsafe fn round(v: Self::F) -> Self::I;
+        unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+        unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+        unsafe fn max(a: Self::F, b: Self::F) -> Self::F;
+        unsafe fn min(a: Self::F, b: Self::F) -> Self::F;
+        /// Packs four sub-vectors of i32 (each `≤ hi - zp`) to bytes in channel order, adds the
+        /// zero point, raises to `lo` and stores the first `live` bytes.
+        unsafe fn pack_store(v: &[Self::I; 4], zp: Self::I, lo: Self::I, dst: *mut u8, live: usize);
+    }
+
+    /// AVX-512 (BW, VNNI): 64 channels per block, four rows per `vpdpbusd` lane.
+    pub(super) struct Zmm;
+
+    impl Vx for Zmm {
+        const BW: usize = 64;
+        const G: usize = 4;
+        const VB: usize = 64;
+        type I = __m512i;
+        type F = __m512;
+        #[inline(always)]
+        unsafe fn zero() -> __m512i {
+            _mm512_setzero_si512()
+        }
+        #[inline(always)]
+        unsafe fn load_in(p: *const u8, live: usize) -> __m512i {
+            if live >= 64 {
+                _mm512_loadu_si512(p as *const _)
+            } else {
+                _mm512_maskz_loadu_epi8((1u64 << live) - 1, p as *const i8)
+            }
+        }
+        #[inline(always)]
+        unsafe fn build(r: &[__m512i; 4]) -> [__m512i; 4] {
+            let (ab_lo, ab_hi) = (_mm512_unpacklo_epi8(r[0], r[1]), _mm512_unpackhi_epi8(r[0], r[1]));
+            let (cd_lo, cd_hi) = (_mm512_unpacklo_epi8(r[2], r[3]), _mm512_unpackhi_epi8(r[2], r[3]));
+            [
+                _mm512_unpacklo_epi16(ab_lo, cd_lo),
+                _mm512_unpackhi_epi16(ab_lo, cd_lo),
+                _mm512_unpacklo_epi16(ab_hi, cd_hi),
+                _mm512_unpackhi_epi16(ab_hi, cd_hi),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> __m512i {
+            _mm512_loadu_si512(p as *const _)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut u8, v: __m512i) {
+            _mm512_storeu_si512(p as *mut _, v)
+        }
+        #[inline(always)]
+        unsafe fn mac(acc: __m512i, q: __m512i, w: __m512i) -> __m512i {
+            _mm512_dpbusd_epi32(acc, q, w)
+        }
+        #[inline(always)]
+        unsafe fn loadf(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            _mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn splat16(x: i16) -> __m512i {
+            _mm512_set1_epi16(x)
+        }
+        #[inline(always)]
+        unsafe fn splat8(x: u8) -> __m512i {
+            _mm512_set1_epi8(x as i8)
+        }
+        #[inline(always)]
+        unsafe fn to_f(v: __m512i) -> __m512 {
+            _mm512_cvtepi32_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn round(v: __m512) -> __m512i {
+            _mm512_cvtps_epi32(v)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            _mm512_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            _mm512_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m512, b: __m512) -> __m512 {
+            _mm512_min_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn pack_store(v: &[__m512i; 4], zp: __m512i, lo: __m512i, dst: *mut u8, live: usize) {
+            let p01 = _mm512_adds_epi16(_mm512_packs_epi32(v[0], v[1]), zp);
+            let p23 = _mm512_adds_epi16(_mm512_packs_epi32(v[2], v[3]), zp);
+            let bytes = _mm512_max_epu8(_mm512_packus_epi16(p01, p23), lo);
+            if live >= 64 {
+                _mm512_storeu_si512(dst as *mut _, bytes)
+            } else {
+                _mm512_mask_storeu_epi8(dst as *mut i8, (1u64 << live) - 1, bytes)
+            }
+        }
+    }
+
+    /// AVX2: 32 channels per block, two rows zero-extended to an i16 pair per `vpmaddwd` lane.
+    pub(super) struct Ymm;
+
+    impl Vx for Ymm {
+        const BW: usize = 32;
+        const G: usize = 2;
+        const VB: usize = 32;
+        type I = __m256i;
+        type F = __m256;
+        #[inline(always)]
+        unsafe fn zero() -> __m256i {
+            _mm256_setzero_si256()
+        }
+        #[inline(always)]
+        unsafe fn load_in(p: *const u8, live: usize) -> __m256i {
+            if live >= 32 {
+                _mm256_loadu_si256(p as *const __m256i)
+            } else {
+                _mm256_set_m128i(_mm_setzero_si128(), _mm_loadu_si128(p as *const __m128i))
+            }
+        }
+        #[inline(always)]
+        unsafe fn build(r: &[__m256i; 4]) -> [__m256i; 4] {
+            let z = _mm256_setzero_si256();
+            let (ab_lo, ab_hi) = (_mm256_unpacklo_epi8(r[0], r[1]), _mm256_unpackhi_epi8(r[0], r[1]));
+            [
+                _mm256_unpacklo_epi8(ab_lo, z),
+                _mm256_unpackhi_epi8(ab_lo, z),
+                _mm256_unpacklo_epi8(ab_hi, z),
+                _mm256_unpackhi_epi8(ab_hi, z),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const u8) -> __m256i {
+            _mm256_loadu_si256(p as *const __m256i)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut u8, v: __m256i) {
+            _mm256_storeu_si256(p as *mut __m256i, v)
+        }
+        #[inline(always)]
+        unsafe fn mac(acc: __m256i, q: __m256i, w: __m256i) -> __m256i {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(q, w))
+        }
+        #[inline(always)]
+        unsafe fn loadf(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn splat16(x: i16) -> __m256i {
+            _mm256_set1_epi16(x)
+        }
+        #[inline(always)]
+        unsafe fn splat8(x: u8) -> __m256i {
+            _mm256_set1_epi8(x as i8)
+        }
+        #[inline(always)]
+        unsafe fn to_f(v: __m256i) -> __m256 {
+            _mm256_cvtepi32_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn round(v: __m256) -> __m256i {
+            _mm256_cvtps_epi32(v)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            _mm256_mul_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            _mm256_max_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn min(a: __m256, b: __m256) -> __m256 {
+            _mm256_min_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn pack_store(v: &[__m256i; 4], zp: __m256i, lo: __m256i, dst: *mut u8, live: usize) {
+            let p01 = _mm256_adds_epi16(_mm256_packs_epi32(v[0], v[1]), zp);
+            let p23 = _mm256_adds_epi16(_mm256_packs_epi32(v[2], v[3]), zp);
+            let bytes = _mm256_max_epu8(_mm256_packus_epi16(p01, p23), lo);
+            if live >= 32 {
+                _mm256_storeu_si256(dst as *mut __m256i, bytes)
+            } else {
+                let mut tmp = [0u8; 32];
+                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, bytes);
+                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, live);
+            }
+        }
+    }
+
+    /// The store's constants.
+    struct Consts<V: Vx> {
+        out_scale: V::F,
+        three: V::F,
+        six: V::F,
+        zero: V::F,
+        sixth: V::F,
+        hi_zp: V::F,
+        zp: V::I,
+        lo: V::I,
+    }
+
+    /// # Safety
+    /// Only where `Int8Isa::Vnni512` and avx512bw were detected, on a call `depthwise_u8`
+    /// checked (kernel 3 or 5, stride 1 or 2, channel stride a multiple of 16).
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn run_zmm(call: &Call) {
+        drive::<Zmm>(call, call.w.quads[0].as_ptr() as *const u8, call.w.quads[1].as_ptr() as *const u8)
+    }
+
+    /// # Safety
+    /// Only where AVX2 was detected; as [`run_zmm`] otherwise.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn run_ymm(call: &Call) {
+        drive::<Ymm>(call, call.w.pairs[0].as_ptr() as *const u8, call.w.pairs[1].as_ptr() as *const u8)
+    }
+
+    /// Sets up the call's scratch and runs the row steps: pairs of output rows at stride 1
+    /// (weights `w2`), single rows otherwise (`w1`).
+    #[inline(always)]
+    unsafe fn drive<V: Vx>(call: &Call, w1: *const u8, w2: *const u8) {
+        let w = call.w;
+        let (k, stride, c_pad) = (w.kernel, call.stride, w.c_pad);
+        let pad = (k - 1) / 2;
+        let blocks = c_pad.div_ceil(V::BW);
+        let mut bias = vec![0i32; blocks * V::BW];
+        let mut mult = vec![0f32; blocks * V::BW];
+        for c in 0..w.channels {
+            bias[permuted(c, V::BW)] = call.req.bias[c];
+            mult[permuted(c, V::BW)] = call.req.multiplier[c];
+        }
+        let ncols = (call.out_geom.w - 1) * stride + k;
+        let max_groups = groups(V::G, k, 1).len().max(groups(V::G, k, 2).len());
+        let mut scratch = vec![0u8; max_groups * ncols * 4 * V::VB];
+        let mut staging = vec![0u8; 2 * XC * 4 * V::VB];
+        let job = Job {
+            input: call.input.as_ptr(),
+            in_rs: call.in_geom.row_stride(),
+            in_y0: call.in_geom.pad - pad,
+            in_x0: call.in_geom.pad - pad,
+            c_pad,
+            channels: w.channels,
+            output: call.output,
+            out_geom: call.out_geom,
+            ncols,
+            bias: bias.as_ptr(),
+            mult: mult.as_ptr(),
+            scratch: scratch.as_mut_ptr(),
+            staging: staging.as_mut_ptr(),
+        };
+        let req = call.req;
+        let c = Consts::<V> {
+            out_scale: V::splat(req.hardswish.unwrap_or(0.0)),
+            three: V::splat(3.0),
+            six: V::splat(6.0),
+            zero: V::splat(0.0),
+            sixth: V::splat(HARDSWISH_SIXTH),
+            hi_zp: V::splat(req.hi as f32 - req.out_zero_point as f32),
+            zp: V::splat16(req.out_zero_point as i16),
+            lo: V::splat8(req.lo),
+        };
+        let (y0, y1) = (call.rows.start, call.rows.end);
+        let hs = req.hardswish.is_some();
+        // Groups per step for (G, k): see `groups`.
+        macro_rules! steps {
+            ($k:literal, $ng:literal, $nx1:literal, $nx2:literal) => {{
+                if stride == 1 {
+                    let pairs_end = y0 + (y1 - y0) / 2 * 2;
+                    if hs {
+                        rows::<V, $k, 1, 2, $ng, $nx2, true>(&job, w2, &c, y0, pairs_end);
+                        rows::<V, $k, 1, 1, $ng, $nx1, true>(&job, w1, &c, pairs_end, y1);
+                    } else {
+                        rows::<V, $k, 1, 2, $ng, $nx2, false>(&job, w2, &c, y0, pairs_end);
+                        rows::<V, $k, 1, 1, $ng, $nx1, false>(&job, w1, &c, pairs_end, y1);
+                    }
+                } else if hs {
+                    rows::<V, $k, 2, 1, $ng, $nx1, true>(&job, w1, &c, y0, y1);
+                } else {
+                    rows::<V, $k, 2, 1, $ng, $nx1, false>(&job, w1, &c, y0, y1);
+                }
+            }};
+        }
+        match (V::G, k) {
+            (4, 3) => steps!(3, 1, 4, 4),
+            (4, 5) => steps!(5, 2, 4, 2),
+            (2, 3) => steps!(3, 2, 4, 2),
+            (2, 5) => steps!(5, 3, 2, 2),
+            _ => unreachable!("kernel {k}"),
+        }
+        drop((scratch, staging, bias, mult));
+    }
+
+    /// Row steps of `R` output rows from `y0` to `y1` (a multiple of `R` rows).
+    #[inline(always)]
+    unsafe fn rows<
+        V: Vx,
+        const K: usize,
+        const S: usize,
+        const R: usize,
+        const NG: usize,
+        const NX: usize,
+        const HS: bool,
+    >(
+        job: &Job,
+        weights: *const u8,
+        c: &Consts<V>,
+        y0: usize,
+        y1: usize,
+    ) {
+        let slots = groups(V::G, K, R);
+        debug_assert_eq!(slots.len(), NG);
+        let blocks = job.c_pad.div_ceil(V::BW);
+        let out_w = job.out_geom.w;
+        let mut oy = y0;
+        while oy < y1 {
+            for b in 0..blocks {
+                let c0 = b * V::BW;
+                if c0 >= job.channels {
+                    break;
+                }
+                let live_in = (job.c_pad - c0).min(V::BW);
+                let live_out = (job.channels - c0).min(V::BW);
+                // Interleave the step's input rows, every column, into the scratch.
+                for (g, slot) in slots.iter().enumerate() {
+                    let mut src = [std::ptr::null::<u8>(); 4];
+                    for (p, y) in src.iter_mut().zip(slot) {
+                        if let Some(y) = y {
+                            *p = job.input.add((job.in_y0 + oy * S + y) * job.in_rs + job.in_x0 * job.c_pad + c0);
+                        }
+                    }
+                    let dst = job.scratch.add(g * job.ncols * 4 * V::VB);
+                    for col in 0..job.ncols {
+                        let mut r = [V::zero(); 4];
+                        for j in 0..V::G {
+                            if !src[j].is_null() {
+                                r[j] = V::load_in(src[j].add(col * job.c_pad), live_in);
+                            }
+                        }
+                        let q = V::build(&r);
+                        for (s, q) in q.iter().enumerate() {
+                            V::store(dst.add((col * 4 + s) * V::VB), *q);
+                        }
+                    }
+                }
+                // The block's outputs, XC pixels at a time.
+                let mut x0 = 0;
+                while x0 < out_w {
+                    let mut n = XC.min(out_w - x0);
+                    if n < NX && out_w >= NX {
+                        // A short last chunk overlaps the one before (recomputing a few pixels).
+                        x0 = out_w - NX;
+                        n = NX;
+                    }
+                    for s in 0..4 {
+                        let bias = V::load(job.bias.add(c0 + s * V::BW / 4) as *const u8);
+                        let mult = V::loadf(job.mult.add(c0 + s * V::BW / 4));
+                        let mut w = [[[V::zero(); K]; R]; NG];
+                        for (g, w) in w.iter_mut().enumerate() {
+                            for (r, w) in w.iter_mut().enumerate() {
+                                for (kx, w) in w.iter_mut().enumerate() {
+                                    *w = V::load(weights.add(((((b * NG + g) * R + r) * K + kx) * 4 + s) * V::VB));
+                                }
+                            }
+                        }
+                        let scr = job.scratch.add(s * V::VB) as *const u8;
+                        let stage = job.staging.add(s * V::VB);
+                        if n >= NX {
+                            let mut xi = 0;
+                            while xi < n {
+                                let at = xi.min(n - NX);
+                                pixels::<V, K, S, R, NG, NX, HS>(
+                                    job,
+                                    scr,
+                                    x0 + at,
+                                    &w,
+                                    bias,
+                                    mult,
+                                    c,
+                                    stage.add(at * 4 * V::VB),
+                                );
+                                xi += NX;
+                            }
+                        } else {
+                            for at in 0..n {
+                                pixels::<V, K, S, R, NG, 1, HS>(
+                                    job,
+                                    scr,
+                                    x0 + at,
+                                    &w,
+                                    bias,
+                                    mult,
+                                    c,
+                                    stage.add(at * 4 * V::VB),
+                                );
+                            }
+                        }
+                    }
+                    for r in 0..R {
+                        for at in 0..n {
+                            let from = job.staging.add((r * XC + at) * 4 * V::VB);
+                            let v = [
+                                V::load(from),
+                                V::load(from.add(V::VB)),
+                                V::load(from.add(2 * V::VB)),
+                                V::load(from.add(3 * V::VB)),
+                            ];
+                            let dst = job.output.add(job.out_geom.offset(oy + r, x0 + at) + c0);
+                            V::pack_store(&v, c.zp, c.lo, dst, live_out);
+                        }
+                    }
+                    x0 += n;
+                }
+            }
+            oy += R;
+        }
+    }
+
+    /// `NX` output pixels from `x` of the step's `R` rows, one sub-vector (`scr` and `stage`
+    /// point at it): the accumulators start at the bias, each interleaved column is loaded once
+    /// and meets the weights of every (pixel, kx, row) that reads it; the requantised i32 go to
+    /// the staging chunk.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn pixels<
+        V: Vx,
+        const K: usize,
+        const S: usize,
+        const R: usize,
+        const NG: usize,
+        const NX: usize,
+        const HS: bool,
+    >(
+        job: &Job,
+        scr: *const u8,
+        x: usize,
+        w: &[[[V::I; K]; R]; NG],
+        bias: V::I,
+        mult: V::F,
+        c: &Consts<V>,
+        stage: *mut u8,
+    ) {
+        let mut acc = [[bias; NX]; R];
+        for g in 0..NG {
+            let cols = scr.add((g * job.ncols + x * S) * 4 * V::VB);
+            for col in 0..(NX - 1) * S + K {
+                let q = V::load(cols.add(col * 4 * V::VB));
+                for j in 0..NX {
+                    if col >= j * S && col - j * S < K {
+                        let kx = col - j * S;
+                        for r in 0..R {
+                            acc[r][j] = V::mac(acc[r][j], q, w[g][r][kx]);
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..R {
+            for j in 0..NX {
+                let mut t = V::mul(V::to_f(acc[r][j]), mult);
+                if HS {
+                    let g = V::min(V::max(V::add(V::mul(t, c.out_scale), c.three), c.zero), c.six);
+                    t = V::mul(V::mul(t, g), c.sixth);
+                }
+                V::store(stage.add((r * XC + j) * 4 * V::VB), V::round(V::min(t, c.hi_zp)));
+            }
+        }
+    }
+}
+
+/// One kernel's time at one shape (see [`speed_probe`]).
+#[derive(Debug, Clone)]
+pub struct DepthwiseSpeed {
+    /// `int8 <isa>` or `f32 <isa>`.
+    pub kernel: String,
+    /// Median time of the whole layer, one thread: the calling thread's CPU time where the OS
+    /// gives it (Linux), wall time elsewhere.
+    pub ms: f64,
+}
+
+/// The speed probe: the int8 depthwise conv on every int8 ISA this CPU has, and the f32 one
+/// (`crate::kernels::depthwise`, ReLU6 fused) on every vector f32 ISA, at an `h × w × c` input,
+/// `k`x`k`, stride `stride`, one thread. `runs` rounds, each running every kernel once (so a
+/// busy machine's noise hits all of them alike); the median per kernel. The int8 layer clamps
+/// as a fused ReLU6 does.
+pub fn speed_probe(h: usize, w: usize, c: usize, k: usize, stride: usize, runs: usize) -> Vec<DepthwiseSpeed> {
+    use super::scheme::ActivationQuant;
+    use crate::kernels::{self, Conv};
+    use crate::simd::{pad_channels, Isa};
+    let c_pad = pad_channels(c);
+    let pad = (k - 1) / 2;
+    let in_geom = MapGeom { h, w, c: c_pad, pad };
+    let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+    let out_geom = MapGeom { h: oh, w: ow, c: c_pad, pad: 1 };
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // int8 operands: a map with its border at the zero point, 8-bit weights.
+    let input_q = ActivationQuant { scale: 0.05, zero_point: 17 };
+    let mut x8 = vec![input_q.zero_point; in_geom.len()];
+    for y in 0..h {
+        for x in 0..w {
+            for v in &mut x8[in_geom.offset(y, x)..][..c] {
+                *v = next() as u8;
+            }
+        }
+    }
+    let q = QuantizedWeights {
+        values: (0..c * k * k).map(|_| next() as i8).collect(),
+        scales: vec![0.01; c],
+        out_channels: c,
+        per_channel: k * k,
+    };
+    let packed = PackedDepthwise::new(&q, k, c_pad);
+    let output_q = ActivationQuant { scale: 0.03, zero_point: 40 };
+    let req = Requant::new(input_q, &q, None, output_q).with_clamp(output_q, Some(0.0), Some(6.0));
+    let mut y8 = vec![0u8; out_geom.len()];
+    // f32 operands.
+    let xf: Vec<f32> = (0..in_geom.len()).map(|i| (i % 29) as f32 * 0.03 - 0.4).collect();
+    let wf: Vec<f32> = (0..k * k * c_pad).map(|i| (i % 17) as f32 * 0.02 - 0.15).collect();
+    let bf = vec![0.1f32; c_pad];
+    let mut yf = vec![0f32; out_geom.len()];
+    let conv = Conv {
+        input: xf.as_ptr(),
+        in_geom,
+        in_row0: 0,
+        cin: c_pad,
+        kernel: k,
+        stride,
+        weights: wf.as_ptr(),
+        bias: bf.as_ptr(),
+        act: kernels::ACT_RELU6,
+        output: yf.as_mut_ptr(),
+        out_geom,
+        out_row0: 0,
+    };
+    let int8: Vec<Int8Isa> = Int8Isa::all_available();
+    let f32s: Vec<Isa> = Isa::all_available().into_iter().filter(|&i| i != Isa::Portable).collect();
+    let mut times = vec![Vec::new(); int8.len() + f32s.len()];
+    for round in 0..=runs.max(1) {
+        for (i, &isa) in int8.iter().enumerate() {
+            let t = now_ms();
+            depthwise_u8(isa, &x8, in_geom, &packed, stride, &req, &mut y8, out_geom, 0..oh);
+            if round > 0 {
+                times[i].push(now_ms() - t);
+            }
+        }
+        for (i, &isa) in f32s.iter().enumerate() {
+            let t = now_ms();
+            // SAFETY: the maps and weights above hold what `conv` describes (input and output
+            // maps of their geometries, `k·k·c_pad` weights, `c_pad` biases); `isa` is
+            // available on this CPU.
+            unsafe { kernels::depthwise(isa, &conv, 0, oh) };
+            if round > 0 {
+                times[int8.len() + i].push(now_ms() - t);
+            }
+        }
+    }
+    std::hint::black_box((&y8, &yf));
+    let names = int8.iter().map(|i| format!("int8 {i}")).chain(f32s.iter().map(|i| format!("f32 {i}")));
+    names
+        .zip(times)
+        .map(|(kernel, mut t)| {
+            t.sort_by(f64::total_cmp);
+            DepthwiseSpeed { kernel, ms: t[t.len() / 2] }
+        })
+        .collect()
+}
+
+/// Milliseconds of CPU time this thread has used (wall time where there is no such clock).
+fn now_ms() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `t` is a valid timespec to write; the clock id is a constant Linux has.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6;
+        }
+    }
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() >> 33) as usize % n
+        }
+        fn unit(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
+    /// A map whose interior channels are `fill(y, x, c)`, border `border` everywhere and padding
+    /// channels of the interior `junk` (no kernel may read them into a real channel).
+    fn map(g: MapGeom, channels: usize, border: u8, rng: &mut Rng, mut fill: impl FnMut(&mut Rng) -> u8) -> Vec<u8> {
+        let mut m = vec![border; g.len()];
+        for y in 0..g.h {
+            for x in 0..g.w {
+                let px = &mut m[g.offset(y, x)..][..g.c];
+                for (c, v) in px.iter_mut().enumerate() {
+                    *v = if c < channels { fill(rng) } else { rng.next() as u8 };
+                }
+            }
+        }
+        m
+    }
+
+    /// Runs every available ISA on rows `rows` and checks each output buffer equals the
+    /// portable definition's byte for byte (untouched bytes included).
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        input: &[u8],
+        in_geom: MapGeom,
+        w: &PackedDepthwise,
+        stride: usize,
+        req: &Requant,
+        out_geom: MapGeom,
+        rows: Range<usize>,
+        what: &str,
+    ) -> Vec<u8> {
+        let mut want = vec![0xA5u8; out_geom.len()];
+        depthwise_portable(input, in_geom, w, stride, req, &mut want, out_geom, rows.clone());
+        for isa in Int8Isa::all_available() {
+            let mut got = vec![0xA5u8; out_geom.len()];
+            depthwise_u8(isa, input, in_geom, w, stride, req, &mut got, out_geom, rows.clone());
+            if got != want {
+                let i = got.iter().zip(&want).position(|(g, w)| g != w).unwrap();
+                let (row, rest) = (i / out_geom.row_stride(), i % out_geom.row_stride());
+                panic!(
+                    "{what} ({isa}): byte {i} (bordered row {row}, pixel {}, channel {}) is {} not {}",
+                    rest / out_geom.c,
+                    rest % out_geom.c,
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+        want
+    }
+
+    fn random_weights(rng: &mut Rng, channels: usize, k: usize) -> QuantizedWeights {
+        let values = (0..channels * k * k)
+            .map(|_| match rng.below(8) {
+                0 => 127,
+                1 => -128,
+                2 => -127,
+                _ => rng.next() as i8,
+            })
+            .collect();
+        QuantizedWeights { values, scales: vec![1.0; channels], out_channels: channels, per_channel: k * k }
+    }
+
+    /// Random requantisation: multipliers from tiny to ones that saturate (exact powers of two
+    /// among them, which make ties), biases of both signs, hard-swish or not, clamps from none to
+    /// a ReLU6's.
+    fn random_requant(rng: &mut Rng, channels: usize, case: usize) -> Requant {
+        let zp = rng.next() as u8;
+        let (lo, hi) = match case % 4 {
+            0 => (0, 255),
+            1 => (zp, 255),
+            2 => (zp, zp.saturating_add(rng.below(120) as u8)),
+            _ => {
+                let (a, b) = (rng.next() as u8, rng.next() as u8);
+                (a.min(b), a.max(b))
+            }
+        };
+        Requant {
+            bias: (0..channels).map(|_| rng.below(400_001) as i32 - 200_000).collect(),
+            multiplier: (0..channels)
+                .map(|_| {
+                    if rng.below(4) == 0 {
+                        1.0 / (1 << rng.below(12)) as f32
+                    } else {
+                        10f32.powf(-1.0 - 3.5 * rng.unit())
+                    }
+                })
+                .collect(),
+            out_zero_point: zp,
+            lo,
+            hi,
+            hardswish: (case % 3 == 1).then(|| 0.005 + rng.unit() * 0.1),
+            residual: None,
+        }
+    }
+
+    #[test]
+    fn kernels_equal_the_definition() {
+        let mut rng = Rng(0x0DD5_EED5_1234_5678);
+        let sizes = [(1, 1), (2, 3), (7, 7), (13, 11), (28, 28)];
+        let (mut case, mut varied) = (0, 0);
+        for k in [3, 5] {
+            for stride in [1, 2] {
+                for &(h, w) in &sizes {
+                    for c_pad in [16, 32, 48, 144, 960] {
+                        if h * w * c_pad > 28 * 28 * 48 {
+                            continue; // the large ones at small maps only (debug builds run this too)
+                        }
+                        case += 1;
+                        // Real channels: all, or fewer than the stride.
+                        let channels = if case % 2 == 0 { c_pad } else { c_pad - 1 - rng.below(15) };
+                        let pad = (k - 1) / 2 + rng.below(2);
+                        let in_geom = MapGeom { h, w, c: c_pad, pad };
+                        let zp = rng.next() as u8;
+                        let input = map(in_geom, channels, zp, &mut rng, |r| r.next() as u8);
+                        let q = random_weights(&mut rng, channels, k);
+                        let packed = PackedDepthwise::new(&q, k, c_pad);
+                        let req = random_requant(&mut rng, channels, case);
+                        let (oh, ow) =
+                            ((h + 2 * ((k - 1) / 2) - k) / stride + 1, (w + 2 * ((k - 1) / 2) - k) / stride + 1);
+                        let out_geom = MapGeom { h: oh, w: ow, c: c_pad, pad: rng.below(2) };
+                        let what = format!("k{k} s{stride} {h}x{w} c{channels}/{c_pad} case {case}");
+                        let all = check(&input, in_geom, &packed, stride, &req, out_geom, 0..oh, &what);
+                        // Not everything clamped to one value: the case tests something.
+                        let mut seen = [false; 256];
+                        for y in 0..oh {
+                            for x in 0..ow {
+                                all[out_geom.offset(y, x)..][..channels].iter().for_each(|&v| seen[v as usize] = true);
+                            }
+                        }
+                        varied += usize::from(seen.iter().filter(|&&s| s).count() > 8);
+                        // Row subranges: odd starts and lengths (a single row, a pair and a half).
+                        for _ in 0..2 {
+                            let a = rng.below(oh);
+                            let b = a + 1 + rng.below(oh - a);
+                            check(
+                                &input,
+                                in_geom,
+                                &packed,
+                                stride,
+                                &req,
+                                out_geom,
+                                a..b,
+                                &format!("{what} rows {a}..{b}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // Most cases spread their outputs (the test is not all clamps).
+        assert!(varied * 3 >= case * 2, "only {varied} of {case} cases have varied outputs");
+    }
+
+    /// Inputs at 255 (the border too: zero point 255) against weights at 127, -128 and mixed
+    /// over 25 taps: any pair or quad summed in i16 would saturate (255·127·2 = 64770), so only
+    /// exact kernels give the accumulator the bias cancels here.
+    #[test]
+    fn extremes_do_not_saturate() {
+        for k in [3, 5] {
+            for stride in [1, 2] {
+                let (h, w, c_pad, channels) = (9, 10, 80, 70);
+                let in_geom = MapGeom { h, w, c: c_pad, pad: (k - 1) / 2 };
+                let mut rng = Rng(7);
+                let input = map(in_geom, channels, 255, &mut rng, |_| 255);
+                for fill in [127i8, -128, 0] {
+                    // fill 0: alternate 127 and -128 by tap and channel.
+                    let values: Vec<i8> = (0..channels * k * k)
+                        .map(|i| {
+                            if fill != 0 {
+                                fill
+                            } else if (i + i / (k * k)) % 2 == 0 {
+                                127
+                            } else {
+                                -128
+                            }
+                        })
+                        .collect();
+                    let sums: Vec<i32> =
+                        values.chunks(k * k).map(|t| t.iter().map(|&v| 255 * v as i32).sum()).collect();
+                    let q = QuantizedWeights {
+                        values,
+                        scales: vec![1.0; channels],
+                        out_channels: channels,
+                        per_channel: k * k,
+                    };
+                    let packed = PackedDepthwise::new(&q, k, c_pad);
+                    // out = round((acc - sum) / 8192) + 100: exactly 100 when acc is exact; a
+                    // saturated sum is off by at least 32768 - 32767/... ≥ 4 steps.
+                    let req = Requant {
+                        bias: sums.iter().map(|s| -s).collect(),
+                        multiplier: vec![1.0 / 8192.0; channels],
+                        out_zero_point: 100,
+                        lo: 0,
+                        hi: 255,
+                        hardswish: None,
+                        residual: None,
+                    };
+                    let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+                    let out_geom = MapGeom { h: oh, w: ow, c: c_pad, pad: 0 };
+                    let out = check(
+                        &input,
+                        in_geom,
+                        &packed,
+                        stride,
+                        &req,
+                        out_geom,
+                        0..oh,
+                        &format!("extreme k{k} s{stride} fill {fill}"),
+                    );
+                    for y in 0..oh {
+                        for x in 0..ow {
+                            assert!(
+                                out[out_geom.offset(y, x)..][..channels].iter().all(|&v| v == 100),
+                                "k{k} fill {fill}: not exact"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Accumulators that land exactly on ties (multiplier 1/2, 1/4) and on the clamp's edges,
+    /// with hard-swish, so the store's rounding and clamping are all exercised.
+    #[test]
+    fn store_ties_and_edges() {
+        let (k, h, w, c_pad, channels) = (3, 6, 9, 64, 64);
+        let in_geom = MapGeom { h, w, c: c_pad, pad: 1 };
+        let mut rng = Rng(99);
+        let input = map(in_geom, channels, 0, &mut rng, |r| (r.below(3)) as u8);
+        let q = QuantizedWeights {
+            values: (0..channels * 9).map(|i| (i % 5) as i8 - 2).collect(),
+            scales: vec![1.0; channels],
+            out_channels: channels,
+            per_channel: 9,
+        };
+        let packed = PackedDepthwise::new(&q, k, c_pad);
+        for hs in [None, Some(0.5f32), Some(1.0)] {
+            for (lo, hi, zp) in [(0, 255, 0), (3, 5, 4), (4, 4, 4), (0, 1, 128), (250, 255, 252)] {
+                let req = Requant {
+                    bias: (0..channels).map(|c| c as i32 % 7 - 3).collect(),
+                    multiplier: (0..channels).map(|c| [0.5, 0.25, 1.0, 1.5][c % 4]).collect(),
+                    out_zero_point: zp,
+                    lo,
+                    hi,
+                    hardswish: hs,
+                    residual: None,
+                };
+                for stride in [1, 2] {
+                    let out_geom = MapGeom { h: (h - 1) / stride + 1, w: (w - 1) / stride + 1, c: c_pad, pad: 1 };
+                    check(
+                        &input,
+                        in_geom,
+                        &packed,
+                        stride,
+                        &req,
+                        out_geom,
+                        0..out_geom.h,
+                        &format!("ties {hs:?} [{lo}, {hi}] zp {zp}"),
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn block_layout_is_a_permutation() {
+        for bw in [32, 64] {
+            let mut seen = vec![false; 3 * bw];
+            for c in 0..3 * bw {
+                let p = permuted(c, bw);
+                assert!(p / bw == c / bw && !seen[p]);
+                seen[p] = true;
+            }
+        }
+        // Channel 16·l + 4·s + d at dword 4·l + d of sub-vector s (zmm: 16 dwords each).
+        assert_eq!(permuted(16 + 4 * 2 + 3, 64), 2 * 16 + 4 + 3);
+        assert_eq!(permuted(64 + 5, 64), 64 + 16 + 1);
     }
 }

@@ -21,7 +21,7 @@
 //! The tests run the extremes (A = 255, B = ±127 and -128) through every path.
 
 use super::isa::Int8Isa;
-use super::scheme::{requantize, Requant};
+use super::scheme::{requantize_full, Requant, ResidualQuant, HARDSWISH_SIXTH};
 
 /// Columns per packed panel (one zmm of i32 lanes).
 pub const PANEL: usize = 16;
@@ -135,7 +135,8 @@ pub fn gemm_u8s8(isa: Int8Isa, a: &[u8], lda: usize, m: usize, b: &PackedB, c: &
 }
 
 /// `out = requantise(A · B)`: [`gemm_u8s8`] with the requantising store, u8 out (`m` rows of
-/// `b.n()` at stride `ldo`); each value is `req.apply(acc, column)` exactly.
+/// `b.n()` at stride `ldo`); each value is `req.apply(acc, column)` exactly (hard-swish
+/// included). A layer with a residual needs [`gemm_u8s8_store`].
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_u8s8_requant(
     isa: Int8Isa,
@@ -147,18 +148,51 @@ pub fn gemm_u8s8_requant(
     out: &mut [u8],
     ldo: usize,
 ) {
+    assert!(req.residual.is_none(), "a layer with a residual needs gemm_u8s8_store and the residual map");
+    gemm_u8s8_store(isa, a, lda, m, b, req, None, out, ldo)
+}
+
+/// `out = requantise(A · B [+ residual])`: [`gemm_u8s8`] with the whole store of
+/// [`crate::quant::scheme::requantize_full`] fused, u8 out (`m` rows of `b.n()` at stride
+/// `ldo`). `residual` is `(r, ldr)`: `m` rows of `b.n()` u8 at stride `ldr`, added as
+/// `req.residual` says; it must be given exactly when `req.residual` is set. Each value is
+/// `req.apply_with_residual(acc, column, r)` (or `req.apply(acc, column)`) bit for bit: the
+/// kernels take the same f32 steps in the same order, with no fused multiply-adds.
+///
+/// Panics if the slices are too short, `req` covers fewer than `b.n()` channels, `req.lo >
+/// req.hi`, the residual does not match `req.residual`, or `isa` is not available on this CPU.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_u8s8_store(
+    isa: Int8Isa,
+    a: &[u8],
+    lda: usize,
+    m: usize,
+    b: &PackedB,
+    req: &Requant,
+    residual: Option<(&[u8], usize)>,
+    out: &mut [u8],
+    ldo: usize,
+) {
     let (k, n) = (b.k, b.n);
     assert!(lda >= k && ldo >= n, "strides lda {lda} < k {k} or ldo {ldo} < n {n}");
     assert!(req.bias.len() >= n && req.multiplier.len() >= n, "requantisation for fewer than {n} channels");
-    assert!(
-        req.hardswish.is_none() && req.residual.is_none(),
-        "the GEMM's store does not apply hard-swish or a residual yet"
+    assert!(req.lo <= req.hi, "empty output clamp [{}, {}]", req.lo, req.hi);
+    assert_eq!(
+        req.residual.is_some(),
+        residual.is_some(),
+        "the residual map must be given exactly when the requantisation has a residual"
     );
+    if let Some((_, ldr)) = residual {
+        assert!(ldr >= n, "residual stride {ldr} < n {n}");
+    }
     if m == 0 {
         return;
     }
     assert!(a.len() >= (m - 1) * lda + k, "A is too short for {m} rows");
     assert!(out.len() >= (m - 1) * ldo + n, "the output is too short for {m} rows");
+    if let Some((r, ldr)) = residual {
+        assert!(r.len() >= (m - 1) * ldr + n, "the residual is too short for {m} rows");
+    }
     assert!(isa.is_available(), "this CPU cannot run the {isa} int8 kernels");
     let emit: Emit = match isa {
         #[cfg(engine_x86)]
@@ -172,7 +206,25 @@ pub fn gemm_u8s8_requant(
         Int8Isa::Avx2 if b.seven_bit => Some(x86::avx2_maddubs_requant),
         _ => None,
     };
-    let q = RequantOut { req, out: out.as_mut_ptr(), ldo, emit, fused };
+    let (res, ldr) = residual.map_or((std::ptr::null(), 0), |(r, ldr)| (r.as_ptr(), ldr));
+    // The last panel's bias and multipliers zero-padded to a whole panel (when `n` is not a
+    // multiple of it), for the AVX2 tile that loads them as two full ymm.
+    let (mut tail_bias, mut tail_mult) = ([0i32; PANEL], [0f32; PANEL]);
+    let tail = n % PANEL;
+    tail_bias[..tail].copy_from_slice(&req.bias[n - tail..n]);
+    tail_mult[..tail].copy_from_slice(&req.multiplier[n - tail..n]);
+    let q = RequantOut {
+        req,
+        out: out.as_mut_ptr(),
+        ldo,
+        res,
+        ldr,
+        emit,
+        fused,
+        int_round: int_round_is_exact(req, n),
+        tail_bias,
+        tail_mult,
+    };
     let geo = Geometry {
         a: a.as_ptr(),
         lda,
@@ -183,8 +235,9 @@ pub fn gemm_u8s8_requant(
         ldc: 0,
         n,
     };
-    // SAFETY: as in `gemm_u8s8`, with the output bounded by the asserts above (only the first
-    // `n` bytes of each row are written) and the requantisation covering every column.
+    // SAFETY: as in `gemm_u8s8`, with the output and the residual bounded by the asserts above
+    // (only the first `n` bytes of each row are written or read) and the requantisation
+    // covering every column.
     unsafe { run(isa, &geo, m, b, Some(&q)) }
 }
 
@@ -232,19 +285,44 @@ type Tile = unsafe fn(g: &Geometry, a: *const u8, rows: usize, b: *const i8, pan
 const MAX_TILE_ROWS: usize = 8;
 
 /// The requantising store: each tile's i32 results go to a scratch block in L1, and `emit`
-/// turns them into u8 in `out` ([`emit_rows`], compiled per ISA).
+/// turns them into u8 in `out` (`emit_portable`, or `x86::emit_avx2`).
 struct RequantOut<'a> {
     req: &'a Requant,
     out: *mut u8,
     ldo: usize,
+    /// The residual map's rows at stride `ldr` (null without a residual).
+    res: *const u8,
+    ldr: usize,
     emit: Emit,
     /// A tile that requantises from its accumulator registers, where the ISA has one (then
     /// `emit` and the scratch block are not used).
     fused: Option<FusedTile>,
+    /// Whether the x86 stores may round and convert in one step ([`int_round_is_exact`]).
+    int_round: bool,
+    /// The last panel's bias and multipliers, zero-padded to [`PANEL`] columns.
+    tail_bias: [i32; PANEL],
+    tail_mult: [f32; PANEL],
+}
+
+/// Whether `t` (the value before rounding, see [`requantize_full`]) is finite and below 2^31 in
+/// magnitude for every accumulator, so that `vcvtps2dq` (round half to even, as
+/// `f32::round_ties_even`) gives `round(t)` exactly and `round(t) + zero_point` cannot overflow
+/// i32: then zero point and clamp may follow in integers (saturating packs and byte min/max),
+/// which is monotone and so clamps to the same bytes as the definition's f32 steps. True for
+/// every real layer: `|acc + bias| ≤ 2^31` and `|multiplier| ≤ 0.75` bound `|t|` by 1.61e9;
+/// hard-swish never grows it (`g/6 ≤ 1`; a finite scale keeps `t` finite) and the residual
+/// adds at most `255 · 1e6 = 2.55e8`, below `2^31 - 256` in all. Otherwise (huge or non-finite
+/// multipliers, where `t` may be infinite or NaN) the stores take the f32 steps of the
+/// definition one by one.
+fn int_round_is_exact(req: &Requant, n: usize) -> bool {
+    req.multiplier[..n].iter().all(|m| m.abs() <= 0.75)
+        && req.hardswish.is_none_or(|s| s.is_finite())
+        && req.residual.is_none_or(|r| r.multiplier.abs() <= 1e6)
 }
 
 /// A tile with the requantising store fused: as [`Tile`], writing u8 to `out` (row stride
-/// `q.ldo`) for output columns `col0..col0 + cols`.
+/// `q.ldo`) for output columns `col0..col0 + cols`, adding the residual at `res` (row stride
+/// `q.ldr`; null without a residual).
 type FusedTile = unsafe fn(
     g: &Geometry,
     a: *const u8,
@@ -253,21 +331,23 @@ type FusedTile = unsafe fn(
     panels: usize,
     q: &RequantOut,
     out: *mut u8,
+    res: *const u8,
     col0: usize,
     cols: usize,
 );
 
 /// Requantises `rows × cols` i32 at `scratch` (row stride `lds`) for output columns
-/// `col0..col0 + cols` into `out` (row stride `ldo`).
+/// `col0..col0 + cols` into `out` (row stride `q.ldo`), adding the residual at `res` (row stride
+/// `q.ldr`; null without a residual).
 type Emit = unsafe fn(
     scratch: *const i32,
     lds: usize,
     rows: usize,
     cols: usize,
-    req: &Requant,
+    q: &RequantOut,
     col0: usize,
     out: *mut u8,
-    ldo: usize,
+    res: *const u8,
 );
 
 /// The loop nest: rows in chunks whose A fits L1 alongside a panel, panels (in steps of
@@ -302,11 +382,12 @@ unsafe fn drive(
                     None => tile(g, a, rows, b, np, g.c.add(r * g.ldc + p * PANEL), cols),
                     Some(q) => {
                         let out = q.out.add(r * q.ldo + p * PANEL);
+                        let res = if q.res.is_null() { q.res } else { q.res.add(r * q.ldr + p * PANEL) };
                         if let Some(fused) = q.fused {
-                            fused(g, a, rows, b, np, q, out, p * PANEL, cols);
+                            fused(g, a, rows, b, np, q, out, res, p * PANEL, cols);
                         } else {
                             tile(&scratch_geo, a, rows, b, np, scratch_geo.c, cols);
-                            (q.emit)(scratch_geo.c, scratch_geo.ldc, rows, cols, q.req, p * PANEL, out, q.ldo);
+                            (q.emit)(scratch_geo.c, scratch_geo.ldc, rows, cols, q, p * PANEL, out, res);
                         }
                     }
                 }
@@ -318,43 +399,32 @@ unsafe fn drive(
     }
 }
 
-/// The requantisation of a block, [`requantize`] per value (the portable store; the x86 ones
-/// do the same f32 steps on vectors).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn emit_rows(
-    scratch: *const i32,
-    lds: usize,
-    rows: usize,
-    cols: usize,
-    req: &Requant,
-    col0: usize,
-    out: *mut u8,
-    ldo: usize,
-) {
-    let bias = &req.bias[col0..col0 + cols];
-    let mult = &req.multiplier[col0..col0 + cols];
-    for r in 0..rows {
-        let acc = std::slice::from_raw_parts(scratch.add(r * lds), cols);
-        let dst = std::slice::from_raw_parts_mut(out.add(r * ldo), cols);
-        for j in 0..cols {
-            dst[j] = requantize(acc[j], bias[j], mult[j], req.out_zero_point, req.lo, req.hi);
-        }
-    }
-}
-
+/// The requantisation of a block, [`requantize_full`] per value (the portable store; the x86
+/// ones take the same f32 steps on vectors).
 #[allow(clippy::too_many_arguments)]
 unsafe fn emit_portable(
     scratch: *const i32,
     lds: usize,
     rows: usize,
     cols: usize,
-    req: &Requant,
+    q: &RequantOut,
     col0: usize,
     out: *mut u8,
-    ldo: usize,
+    res: *const u8,
 ) {
-    emit_rows(scratch, lds, rows, cols, req, col0, out, ldo)
+    let req = q.req;
+    let bias = &req.bias[col0..col0 + cols];
+    let mult = &req.multiplier[col0..col0 + cols];
+    for r in 0..rows {
+        let acc = std::slice::from_raw_parts(scratch.add(r * lds), cols);
+        let dst = std::slice::from_raw_parts_mut(out.add(r * q.ldo), cols);
+        let rrow = (!res.is_null()).then(|| std::slice::from_raw_parts(res.add(r * q.ldr), cols));
+        for j in 0..cols {
+            let residual = req.residual.map(|rq| (rrow.map_or(0, |rr| rr[j]), rq));
+            dst[j] =
+                requantize_full(acc[j], bias[j], mult[j], req.out_zero_point, req.lo, req.hi, req.hardswish, residual);
+        }
+    }
 }
 
 /// The four bytes of A at `k` offsets `4·group ..`, as one little-endian word; the last group of
@@ -416,7 +486,7 @@ unsafe fn portable_tile(
 
 #[cfg(engine_x86)]
 mod x86 {
-    use super::{a_word, Geometry, Requant, RequantOut, GROUP, PANEL};
+    use super::{a_word, Geometry, Requant, RequantOut, GROUP, HARDSWISH_SIXTH, PANEL};
     use std::arch::x86_64::*;
 
     pub const VNNI_ROWS: usize = 8;
@@ -443,39 +513,255 @@ mod x86 {
 
     // ---------------------------------------------------------------- requantising store
 
-    /// [`super::requantize`] on 16 lanes, the same f32 operations in the same order, so the same
-    /// results: `vcvtdq2ps` of `acc + bias` (round to nearest, as Rust's `as f32`), `vmulps` by
-    /// the multipliers, `vrndscaleps` to nearest-even, `+ zero point`, clamp to [lo, hi] and
-    /// `vcvttps2dq` (exact: an integer in [0, 255]).
-    #[inline(always)]
-    unsafe fn requant16(acc: __m512i, bias: __m512i, mult: __m512, zp: __m512, lo: __m512, hi: __m512) -> __m512i {
-        let y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, bias)), mult);
-        let v = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y), zp);
-        _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(v, lo), hi))
+    /// The store's per-layer constants as zmm (see [`requant16`]).
+    struct Store16 {
+        zp: __m512,
+        lo: __m512,
+        hi: __m512,
+        hardswish: bool,
+        hs_scale: __m512,
+        three: __m512,
+        six: __m512,
+        zero: __m512,
+        sixth: __m512,
+        residual: bool,
+        res_zp: __m512i,
+        res_mult: __m512,
+        /// See [`super::int_round_is_exact`]; then the zero point and clamp are these i32.
+        int_round: bool,
+        zp_i: __m512i,
+        lo_i: __m512i,
+        hi_i: __m512i,
     }
 
-    /// [`requant16`] on 8 lanes (ymm, AVX2): the i32 results in [lo, hi].
-    #[inline(always)]
-    unsafe fn requant8(acc: __m256i, bias: __m256i, mult: __m256, zp: __m256, lo: __m256, hi: __m256) -> __m256i {
-        let y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bias)), mult);
-        let v = _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(y), zp);
-        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi))
+    impl Store16 {
+        #[inline(always)]
+        unsafe fn new(req: &Requant, int_round: bool) -> Store16 {
+            let rq = req.residual.unwrap_or(super::ResidualQuant { zero_point: 0, multiplier: 0.0 });
+            Store16 {
+                zp: _mm512_set1_ps(req.out_zero_point as f32),
+                lo: _mm512_set1_ps(req.lo as f32),
+                hi: _mm512_set1_ps(req.hi as f32),
+                hardswish: req.hardswish.is_some(),
+                hs_scale: _mm512_set1_ps(req.hardswish.unwrap_or(0.0)),
+                three: _mm512_set1_ps(3.0),
+                six: _mm512_set1_ps(6.0),
+                zero: _mm512_setzero_ps(),
+                sixth: _mm512_set1_ps(HARDSWISH_SIXTH),
+                residual: req.residual.is_some(),
+                res_zp: _mm512_set1_epi32(rq.zero_point as i32),
+                res_mult: _mm512_set1_ps(rq.multiplier),
+                int_round,
+                zp_i: _mm512_set1_epi32(req.out_zero_point as i32),
+                lo_i: _mm512_set1_epi32(req.lo as i32),
+                hi_i: _mm512_set1_epi32(req.hi as i32),
+            }
+        }
     }
 
-    /// The low byte of each of 8 i32 (each in [0, 255]), in the low 8 bytes: byte 0 of each i32
-    /// to its lane's first four bytes (`vpshufb`), then lane 1's dword next to lane 0's (`vpermd`).
+    /// [`super::requantize_full`] on 16 lanes, the same f32 operations in the same order, so the
+    /// same results: `vcvtdq2ps` of `acc + bias` (round to nearest, as Rust's `as f32`), `vmulps`
+    /// by the multipliers; hard-swish (`t · (clamp(t · s + 3, 0, 6)) · 1/6`); the residual
+    /// (`(r - zp_r)`, exact in i32, converted, `· multiplier_r`, added); `vrndscaleps` to
+    /// nearest-even, `+ zero point`, clamp to [lo, hi] and `vcvttps2dq` (exact: an integer in
+    /// [0, 255]). The clamps take the constant first: `vmaxps`/`vminps` return their second
+    /// operand when either is NaN or both are zeros, which is what `f32::clamp` does (it keeps
+    /// NaN and -0), and a NaN ends as `vcvttps2dq`'s 0x80000000, whose low byte 0 is what
+    /// `NaN as u8` gives. `res` is ignored without a residual.
+    ///
+    /// Where [`super::int_round_is_exact`] holds, `vcvtps2dq` rounds and converts at once and
+    /// the zero point and clamp are taken in i32, which gives the same results.
     #[inline(always)]
-    unsafe fn bytes8(v: __m256i) -> __m128i {
-        let low_bytes = _mm256_setr_epi8(
-            0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
-            -1, -1, -1, -1,
-        );
-        let gather = _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0);
-        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, low_bytes), gather))
+    unsafe fn requant16(acc: __m512i, bias: __m512i, mult: __m512, res: __m512i, c: &Store16) -> __m512i {
+        let mut t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, bias)), mult);
+        if c.hardswish {
+            let x = _mm512_add_ps(_mm512_mul_ps(t, c.hs_scale), c.three);
+            let g = _mm512_min_ps(c.six, _mm512_max_ps(c.zero, x));
+            t = _mm512_mul_ps(_mm512_mul_ps(t, g), c.sixth);
+        }
+        if c.residual {
+            let r = _mm512_cvtepi32_ps(_mm512_sub_epi32(res, c.res_zp));
+            t = _mm512_add_ps(t, _mm512_mul_ps(r, c.res_mult));
+        }
+        if c.int_round {
+            let v = _mm512_add_epi32(_mm512_cvtps_epi32(t), c.zp_i);
+            return _mm512_min_epi32(c.hi_i, _mm512_max_epi32(c.lo_i, v));
+        }
+        let v = _mm512_add_ps(_mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t), c.zp);
+        _mm512_cvttps_epi32(_mm512_min_ps(c.hi, _mm512_max_ps(c.lo, v)))
     }
 
-    /// The requantising store on ymm (the scratch-block path of the AVX2 tiles), the steps of
-    /// [`requant16`] eight columns at a time (`vpshufb` + `vpermd` gather each i32's low byte).
+    /// `live` (1..=16) residual bytes at `p`, zero-extended to i32.
+    #[inline(always)]
+    unsafe fn residual16(p: *const u8, live: usize) -> __m512i {
+        if live == PANEL {
+            _mm512_cvtepu8_epi32(_mm_loadu_si128(p as *const __m128i))
+        } else {
+            _mm512_cvtepu8_epi32(load_partial(p, live))
+        }
+    }
+
+    /// The `n` (< 16) bytes at `p` in the low bytes of an xmm, the rest zero, reading only
+    /// those bytes (in 8-, 4-, 2- and 1-byte pieces: no copy loop for a layer's last panel).
+    #[inline(always)]
+    unsafe fn load_partial(p: *const u8, n: usize) -> __m128i {
+        let base = n & 8;
+        let lo = if base != 0 { (p as *const u64).read_unaligned() } else { 0 };
+        let (mut w, mut at, mut shift) = (0u64, base, 0);
+        if n & 4 != 0 {
+            w = (p.add(at) as *const u32).read_unaligned() as u64;
+            at += 4;
+            shift = 32;
+        }
+        if n & 2 != 0 {
+            w |= ((p.add(at) as *const u16).read_unaligned() as u64) << shift;
+            at += 2;
+            shift += 16;
+        }
+        if n & 1 != 0 {
+            w |= (*p.add(at) as u64) << shift;
+        }
+        if base != 0 {
+            _mm_set_epi64x(w as i64, lo as i64)
+        } else {
+            _mm_set_epi64x(0, w as i64)
+        }
+    }
+
+    /// Writes the low `n` (< 16) bytes of `v` to `dst`, nothing beyond (as [`load_partial`]).
+    #[inline(always)]
+    unsafe fn store_partial(dst: *mut u8, v: __m128i, n: usize) {
+        let lo = _mm_cvtsi128_si64(v) as u64;
+        let (mut w, mut at) = if n & 8 != 0 {
+            (dst as *mut u64).write_unaligned(lo);
+            (_mm_cvtsi128_si64(_mm_unpackhi_epi64(v, v)) as u64, 8)
+        } else {
+            (lo, 0)
+        };
+        if n & 4 != 0 {
+            (dst.add(at) as *mut u32).write_unaligned(w as u32);
+            w >>= 32;
+            at += 4;
+        }
+        if n & 2 != 0 {
+            (dst.add(at) as *mut u16).write_unaligned(w as u16);
+            w >>= 16;
+            at += 2;
+        }
+        if n & 1 != 0 {
+            *dst.add(at) = w as u8;
+        }
+    }
+
+    /// The store's per-layer constants as ymm (see [`scaled8`], [`Store8::bytes16`]).
+    struct Store8 {
+        zp: __m256,
+        lo: __m256,
+        hi: __m256,
+        hardswish: bool,
+        hs_scale: __m256,
+        three: __m256,
+        six: __m256,
+        zero: __m256,
+        sixth: __m256,
+        residual: bool,
+        res_zp: __m256i,
+        res_mult: __m256,
+        /// See [`super::int_round_is_exact`]; then the zero point is added in i16 and the clamp
+        /// taken on the bytes.
+        int_round: bool,
+        zp16: __m256i,
+        lo8: __m256i,
+        hi8: __m256i,
+    }
+
+    impl Store8 {
+        #[inline(always)]
+        unsafe fn new(req: &Requant, int_round: bool) -> Store8 {
+            let rq = req.residual.unwrap_or(super::ResidualQuant { zero_point: 0, multiplier: 0.0 });
+            Store8 {
+                zp: _mm256_set1_ps(req.out_zero_point as f32),
+                lo: _mm256_set1_ps(req.lo as f32),
+                hi: _mm256_set1_ps(req.hi as f32),
+                hardswish: req.hardswish.is_some(),
+                hs_scale: _mm256_set1_ps(req.hardswish.unwrap_or(0.0)),
+                three: _mm256_set1_ps(3.0),
+                six: _mm256_set1_ps(6.0),
+                zero: _mm256_setzero_ps(),
+                sixth: _mm256_set1_ps(HARDSWISH_SIXTH),
+                residual: req.residual.is_some(),
+                res_zp: _mm256_set1_epi32(rq.zero_point as i32),
+                res_mult: _mm256_set1_ps(rq.multiplier),
+                int_round,
+                zp16: _mm256_set1_epi16(req.out_zero_point as i16),
+                lo8: _mm256_set1_epi8(req.lo as i8),
+                hi8: _mm256_set1_epi8(req.hi as i8),
+            }
+        }
+
+        /// The 16 output bytes of `t0` then `t1` (the values before rounding, [`scaled8`]).
+        /// The f32 path is [`finish8`] and [`bytes16`]; the integer one (where
+        /// [`super::int_round_is_exact`] holds) converts with rounding (`vcvtps2dq`), packs to
+        /// i16 with saturation, adds the zero point with saturation, packs to u8 with
+        /// saturation and clamps the bytes: each step monotone and exact on [0, 255], so the
+        /// same bytes as clamping `round(t) + zero point` in f32.
+        #[inline(always)]
+        unsafe fn bytes16(&self, t0: __m256, t1: __m256) -> __m128i {
+            if self.int_round {
+                let w = _mm256_packs_epi32(_mm256_cvtps_epi32(t0), _mm256_cvtps_epi32(t1));
+                let w = _mm256_adds_epi16(w, self.zp16);
+                let b = _mm256_packus_epi16(w, w);
+                let b = _mm256_min_epu8(self.hi8, _mm256_max_epu8(self.lo8, b));
+                _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)))
+            } else {
+                bytes16(finish8(t0, self), finish8(t1, self))
+            }
+        }
+    }
+
+    /// [`requant16`] on 8 lanes (ymm, AVX2), up to the rounding: `t`.
+    #[inline(always)]
+    unsafe fn scaled8(acc: __m256i, bias: __m256i, mult: __m256, res: __m256i, c: &Store8) -> __m256 {
+        let mut t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bias)), mult);
+        if c.hardswish {
+            let x = _mm256_add_ps(_mm256_mul_ps(t, c.hs_scale), c.three);
+            let g = _mm256_min_ps(c.six, _mm256_max_ps(c.zero, x));
+            t = _mm256_mul_ps(_mm256_mul_ps(t, g), c.sixth);
+        }
+        if c.residual {
+            let r = _mm256_cvtepi32_ps(_mm256_sub_epi32(res, c.res_zp));
+            t = _mm256_add_ps(t, _mm256_mul_ps(r, c.res_mult));
+        }
+        t
+    }
+
+    /// The rest of [`requant16`]'s f32 steps on 8 lanes: the i32 results in [lo, hi]
+    /// (0x80000000 for NaN).
+    #[inline(always)]
+    unsafe fn finish8(t: __m256, c: &Store8) -> __m256i {
+        let v = _mm256_add_ps(_mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t), c.zp);
+        _mm256_cvttps_epi32(_mm256_min_ps(c.hi, _mm256_max_ps(c.lo, v)))
+    }
+
+    /// 8 residual bytes at `p` (all real), zero-extended to i32.
+    #[inline(always)]
+    unsafe fn residual8(p: *const u8) -> __m256i {
+        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
+    }
+
+    /// The low bytes of 16 i32 (`lo` then `hi`, each in [0, 255] or 0x80000000), in order:
+    /// `vpackssdw` (to i16, lane-interleaved), `vpackuswb` (to u8; 0x80000000 becomes 0, as its
+    /// low byte is), `vpermd` to undo the interleave.
+    #[inline(always)]
+    unsafe fn bytes16(lo: __m256i, hi: __m256i) -> __m128i {
+        let w = _mm256_packs_epi32(lo, hi);
+        let b = _mm256_packus_epi16(w, w);
+        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)))
+    }
+
+    /// The requantising store on ymm (the scratch-block path of the AVX2 widening tile), the
+    /// steps of [`scaled8`] and [`Store8::bytes16`] sixteen, then eight columns at a time, the rest by the scalar
+    /// definition.
     ///
     /// # Safety
     /// Only after AVX2 was detected; pointers as [`super::Emit`].
@@ -486,35 +772,52 @@ mod x86 {
         lds: usize,
         rows: usize,
         cols: usize,
-        req: &Requant,
+        q: &RequantOut,
         col0: usize,
         out: *mut u8,
-        ldo: usize,
+        res: *const u8,
     ) {
-        let full = cols / 8 * 8;
-        let zp = _mm256_set1_ps(req.out_zero_point as f32);
-        let (lo, hi) = (_mm256_set1_ps(req.lo as f32), _mm256_set1_ps(req.hi as f32));
+        let req = q.req;
+        let c = Store8::new(req, q.int_round);
         let bias = req.bias[col0..col0 + cols].as_ptr();
         let mult = req.multiplier[col0..col0 + cols].as_ptr();
+        let zero = _mm256_setzero_si256();
         for r in 0..rows {
             let acc = s.add(r * lds);
-            let dst = out.add(r * ldo);
-            let mut j = 0;
-            while j < full {
-                let v = requant8(
+            let dst = out.add(r * q.ldo);
+            let rrow = if c.residual { res.add(r * q.ldr) } else { res };
+            let lanes = |j: usize| {
+                let rv = if c.residual { residual8(rrow.add(j)) } else { zero };
+                scaled8(
                     _mm256_loadu_si256(acc.add(j) as *const __m256i),
                     _mm256_loadu_si256(bias.add(j) as *const __m256i),
                     _mm256_loadu_ps(mult.add(j)),
-                    zp,
-                    lo,
-                    hi,
-                );
-                _mm_storel_epi64(dst.add(j) as *mut __m128i, bytes8(v));
+                    rv,
+                    &c,
+                )
+            };
+            let mut j = 0;
+            while j + 16 <= cols {
+                _mm_storeu_si128(dst.add(j) as *mut __m128i, c.bytes16(lanes(j), lanes(j + 8)));
+                j += 16;
+            }
+            if j + 8 <= cols {
+                let t = lanes(j);
+                _mm_storel_epi64(dst.add(j) as *mut __m128i, c.bytes16(t, t));
                 j += 8;
             }
-            for j in full..cols {
-                *dst.add(j) =
-                    super::requantize(*acc.add(j), *bias.add(j), *mult.add(j), req.out_zero_point, req.lo, req.hi);
+            for j in j..cols {
+                let residual = req.residual.map(|rq| (*rrow.add(j), rq));
+                *dst.add(j) = super::requantize_full(
+                    *acc.add(j),
+                    *bias.add(j),
+                    *mult.add(j),
+                    req.out_zero_point,
+                    req.lo,
+                    req.hi,
+                    req.hardswish,
+                    residual,
+                );
             }
         }
     }
@@ -572,70 +875,71 @@ mod x86 {
         panels: usize,
         q: &RequantOut,
         out: *mut u8,
+        res: *const u8,
         col0: usize,
         cols: usize,
     ) {
         if panels == 2 {
-            rows!(rows, vnni_requant_2, g, a, b, q, out, col0, cols)
+            rows!(rows, vnni_requant_2, g, a, b, q, out, res, col0, cols)
         } else {
-            rows!(rows, vnni_requant_1, g, a, b, q, out, col0, cols)
+            rows!(rows, vnni_requant_1, g, a, b, q, out, res, col0, cols)
         }
     }
 
     #[target_feature(enable = "avx512f,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn vnni_requant_2<const R: usize>(
         g: &Geometry,
         a: *const u8,
         b: *const i8,
         q: &RequantOut,
         out: *mut u8,
+        res: *const u8,
         col0: usize,
         cols: usize,
     ) {
-        vnni_requant::<R, 2>(g, a, b, q, out, col0, cols)
+        vnni_requant::<R, 2>(g, a, b, q, out, res, col0, cols)
     }
     #[target_feature(enable = "avx512f,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn vnni_requant_1<const R: usize>(
         g: &Geometry,
         a: *const u8,
         b: *const i8,
         q: &RequantOut,
         out: *mut u8,
+        res: *const u8,
         col0: usize,
         cols: usize,
     ) {
-        vnni_requant::<R, 1>(g, a, b, q, out, col0, cols)
+        vnni_requant::<R, 1>(g, a, b, q, out, res, col0, cols)
     }
 
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn vnni_requant<const R: usize, const P: usize>(
         g: &Geometry,
         a: *const u8,
         b: *const i8,
         q: &RequantOut,
         out: *mut u8,
+        res: *const u8,
         col0: usize,
         cols: usize,
     ) {
         let req = q.req;
-        let zp = _mm512_set1_ps(req.out_zero_point as f32);
-        let (lo, hi) = (_mm512_set1_ps(req.lo as f32), _mm512_set1_ps(req.hi as f32));
+        let c = Store16::new(req, q.int_round);
         // The bias and multipliers of the tile's columns, loaded under the live-column mask
         // (the slices end at the real channel count).
         let bias = req.bias[col0..col0 + cols].as_ptr();
         let mult = req.multiplier[col0..col0 + cols].as_ptr();
-        let mask = |p: usize| {
-            let live = cols.saturating_sub(p * PANEL).min(PANEL);
-            if live == PANEL {
-                u16::MAX
-            } else {
-                ((1u32 << live) - 1) as u16
-            }
-        };
+        let live = |p: usize| cols.saturating_sub(p * PANEL).min(PANEL);
+        let mask = |p: usize| if live(p) == PANEL { u16::MAX } else { ((1u32 << live(p)) - 1) as u16 };
         let bv: [__m512i; P] = std::array::from_fn(|p| _mm512_maskz_loadu_epi32(mask(p), bias.wrapping_add(p * PANEL)));
         let mv: [__m512; P] = std::array::from_fn(|p| _mm512_maskz_loadu_ps(mask(p), mult.wrapping_add(p * PANEL)));
-        vnni_kernel::<R, P>(g, a, b, cols, |r, p, v, _live| {
-            let bytes = requant16(v, bv[p], mv[p], zp, lo, hi);
+        vnni_kernel::<R, P>(g, a, b, cols, |r, p, v, live| {
+            let rv = if c.residual { residual16(res.add(r * q.ldr + p * PANEL), live) } else { _mm512_setzero_si512() };
+            let bytes = requant16(v, bv[p], mv[p], rv, &c);
             _mm512_mask_cvtepi32_storeu_epi8(out.add(r * q.ldo + p * PANEL) as *mut _, mask(p), bytes);
         })
     }
@@ -709,7 +1013,7 @@ mod x86 {
     }
 
     /// The `vpmaddubsw` tile with the requantising store fused (from the accumulator registers,
-    /// [`requant8`]).
+    /// [`scaled8`], [`Store8::bytes16`]).
     ///
     /// # Safety
     /// As [`avx2_maddubs_tile`]; pointers as [`super::FusedTile`].
@@ -722,50 +1026,53 @@ mod x86 {
         _p: usize,
         q: &RequantOut,
         out: *mut u8,
+        res: *const u8,
         col0: usize,
         cols: usize,
     ) {
-        rows!(rows, avx2_maddubs_u8, g, a, b, q, out, col0, cols)
+        rows!(rows, avx2_maddubs_u8, g, a, b, q, out, res, col0, cols)
     }
 
     #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn avx2_maddubs_u8<const R: usize>(
         g: &Geometry,
         a: *const u8,
         b: *const i8,
         q: &RequantOut,
         out: *mut u8,
+        res: *const u8,
         col0: usize,
         cols: usize,
     ) {
         let req = q.req;
-        // The panel's bias and multipliers, zero-padded past the real columns (a copy only for
-        // a partial panel). They are loaded inside the store, after the k loop: held in ymm
-        // across it they would push the accumulators out of AVX2's 16 registers.
-        let mut bpad = [0i32; PANEL];
-        let mut mpad = [0f32; PANEL];
+        // The panel's bias and multipliers (zero-padded past the real columns for the last
+        // panel). They are loaded inside the store, after the k loop: held in ymm across it they
+        // would push the accumulators out of AVX2's 16 registers.
         let (bp, mp) = if cols == PANEL {
             (req.bias[col0..col0 + PANEL].as_ptr(), req.multiplier[col0..col0 + PANEL].as_ptr())
         } else {
-            bpad[..cols].copy_from_slice(&req.bias[col0..col0 + cols]);
-            mpad[..cols].copy_from_slice(&req.multiplier[col0..col0 + cols]);
-            (bpad.as_ptr(), mpad.as_ptr())
+            (q.tail_bias.as_ptr(), q.tail_mult.as_ptr())
         };
-        let (zp, lo, hi) = (req.out_zero_point as f32, req.lo as f32, req.hi as f32);
+        let c = Store8::new(req, q.int_round);
         avx2_maddubs_kernel::<R>(g, a, b, |r, v0, v1| {
-            let (zp, lo, hi) = (_mm256_set1_ps(zp), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
+            let (r0, r1) = if c.residual {
+                let rp = res.add(r * q.ldr);
+                let v = if cols == PANEL { _mm_loadu_si128(rp as *const __m128i) } else { load_partial(rp, cols) };
+                (_mm256_cvtepu8_epi32(v), _mm256_cvtepu8_epi32(_mm_unpackhi_epi64(v, v)))
+            } else {
+                (_mm256_setzero_si256(), _mm256_setzero_si256())
+            };
             let b0 = _mm256_loadu_si256(bp as *const __m256i);
             let b1 = _mm256_loadu_si256(bp.add(8) as *const __m256i);
-            let b0 = bytes8(requant8(v0, b0, _mm256_loadu_ps(mp), zp, lo, hi));
-            let b1 = bytes8(requant8(v1, b1, _mm256_loadu_ps(mp.add(8)), zp, lo, hi));
-            let bytes = _mm_unpacklo_epi64(b0, b1);
+            let t0 = scaled8(v0, b0, _mm256_loadu_ps(mp), r0, &c);
+            let t1 = scaled8(v1, b1, _mm256_loadu_ps(mp.add(8)), r1, &c);
+            let bytes = c.bytes16(t0, t1);
             let dst = out.add(r * q.ldo);
             if cols == PANEL {
                 _mm_storeu_si128(dst as *mut __m128i, bytes);
             } else {
-                let mut tmp = [0u8; PANEL];
-                _mm_storeu_si128(tmp.as_mut_ptr() as *mut __m128i, bytes);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, cols);
+                store_partial(dst, bytes, cols);
             }
         })
     }
@@ -1012,45 +1319,228 @@ mod tests {
         assert_eq!(exact[0], 4 * 255 * 127);
     }
 
+    /// The scalar definition of the store over a whole block: `acc` is `m × n` (dense),
+    /// `res` `m` rows at stride `ldr`, the result `m` rows at stride `ldo` (filled with 0xAA
+    /// beyond `n`, which the kernels must not touch).
+    fn store_reference(
+        acc: &[i32],
+        m: usize,
+        n: usize,
+        req: &Requant,
+        res: Option<(&[u8], usize)>,
+        ldo: usize,
+    ) -> Vec<u8> {
+        let mut want = vec![0xAAu8; m * ldo];
+        for r in 0..m {
+            for j in 0..n {
+                let a = acc[r * n + j];
+                want[r * ldo + j] = match res {
+                    Some((res, ldr)) => req.apply_with_residual(a, j, res[r * ldr + j]),
+                    None => req.apply(a, j),
+                };
+            }
+        }
+        want
+    }
+
+    /// Runs [`gemm_u8s8_store`] on every ISA (and [`gemm_u8s8_requant`] where there is no
+    /// residual) and checks each against [`store_reference`] byte for byte.
+    #[allow(clippy::too_many_arguments)]
+    fn check_store(
+        a: &[u8],
+        m: usize,
+        k: usize,
+        b: &[i8],
+        n: usize,
+        req: &Requant,
+        res: Option<(&[u8], usize)>,
+        what: &str,
+    ) {
+        let mut acc = vec![0i32; m * n];
+        gemm_reference(a, k, m, k, b, n, &mut acc, n);
+        let ldo = n + 3;
+        let want = store_reference(&acc, m, n, req, res, ldo);
+        let packed = PackedB::pack(b, k, n);
+        for isa in Int8Isa::all_available() {
+            let mut got = vec![0xAAu8; m * ldo];
+            gemm_u8s8_store(isa, a, k, m, &packed, req, res, &mut got, ldo);
+            if got != want {
+                let i = got.iter().zip(&want).position(|(g, w)| g != w).unwrap();
+                let (r, j) = (i / ldo, i % ldo);
+                panic!(
+                    "{what}: {} ({isa}) differs at row {r} col {j}: {} vs {} (acc {}, m {m} k {k} n {n}, {req:?})",
+                    kernel_name(isa, &packed),
+                    got[i],
+                    want[i],
+                    if j < n { acc[r * n + j] } else { 0 },
+                );
+            }
+            if res.is_none() {
+                let mut got = vec![0xAAu8; m * ldo];
+                gemm_u8s8_requant(isa, a, k, m, &packed, req, &mut got, ldo);
+                assert_eq!(got, want, "{what}: gemm_u8s8_requant ({isa}), m {m} k {k} n {n}");
+            }
+        }
+    }
+
     #[test]
     fn requantising_store_equals_the_scalar_definition() {
         let mut rng = Rng(0xC0FF_EE00_1234_5678);
-        let mut shapes = vec![(1, 1, 1), (9, 5, 33), (17, 64, 48), (3, 131, 17)];
-        for _ in 0..20 {
+        let mut shapes = vec![(1, 1, 1), (9, 5, 33), (17, 64, 48), (3, 131, 17), (8, 8, 32), (12, 24, 144)];
+        // Every width of a partial last panel (the stores' masked and pieced loads and stores).
+        shapes.extend((1..=32).map(|n| (5, 9, n)));
+        for _ in 0..24 {
             shapes.push((1 + rng.below(30), 1 + rng.below(100), 1 + rng.below(70)));
         }
         for (i, (m, k, n)) in shapes.into_iter().enumerate() {
             let a: Vec<u8> = (0..m * k).map(|_| rng.next() as u8).collect();
-            let seven = i % 2 == 0;
-            let b: Vec<i8> =
-                (0..k * n).map(|_| if seven { (rng.below(128) as i32 - 64) as i8 } else { rng.next() as i8 }).collect();
-            let mut acc = vec![0i32; m * n];
-            gemm_reference(&a, k, m, k, &b, n, &mut acc, n);
-            // Multipliers from tiny to large enough to saturate, biases of both signs, and a
-            // clamp on every other case (a fused ReLU6).
-            let req = Requant {
-                bias: (0..n).map(|_| rng.below(200_001) as i32 - 100_000).collect(),
-                multiplier: (0..n).map(|_| 10f32.powf(-(rng.below(5000) as f32) / 1000.0)).collect(),
-                out_zero_point: rng.next() as u8,
-                lo: if i % 3 == 0 { 20 } else { 0 },
-                hi: if i % 3 == 0 { 200 } else { 255 },
-                hardswish: None,
-                residual: None,
-            };
-            let ldo = n + 3;
-            let mut want = vec![0xAAu8; m * ldo];
-            for r in 0..m {
-                for j in 0..n {
-                    want[r * ldo + j] = req.apply(acc[r * n + j], j);
+            for seven in [false, true] {
+                let b: Vec<i8> = (0..k * n)
+                    .map(|_| if seven { (rng.below(128) as i32 - 64) as i8 } else { rng.next() as i8 })
+                    .collect();
+                // Every combination of hard-swish, residual and clamp (none, a band, a ReLU at
+                // the zero point), with multipliers from tiny to large enough to saturate and
+                // biases of both signs, on both x86 rounding paths (integer where every
+                // multiplier is at most 0.75, f32 steps otherwise).
+                for case in 0..24 {
+                    let (hardswish, residual, int_path) = (case & 1 == 1, case & 2 == 2, case & 4 == 4);
+                    let clamp = (case / 8 + i) % 3;
+                    let zp = rng.next() as u8;
+                    let (lo, hi) = match clamp {
+                        0 => (0, 255),
+                        1 => (20, 200),
+                        _ => (zp, 255),
+                    };
+                    let req = Requant {
+                        bias: (0..n).map(|_| rng.below(200_001) as i32 - 100_000).collect(),
+                        multiplier: (0..n)
+                            .map(|j| match (int_path, j % 5) {
+                                (true, _) => 0.75 * 10f32.powf(-(rng.below(5000) as f32) / 1000.0),
+                                (false, 0) => 0.76 + rng.below(1000) as f32 / 4000.0,
+                                (false, _) => 10f32.powf(-(rng.below(5000) as f32) / 1000.0),
+                            })
+                            .collect(),
+                        out_zero_point: zp,
+                        lo,
+                        hi,
+                        hardswish: hardswish.then(|| 10f32.powf(-(rng.below(3000) as f32) / 1000.0)),
+                        residual: residual.then(|| ResidualQuant {
+                            zero_point: rng.next() as u8,
+                            multiplier: 10f32.powf((rng.below(2500) as f32 - 1500.0) / 1000.0),
+                        }),
+                    };
+                    assert_eq!(int_round_is_exact(&req, n), int_path);
+                    let ldr = n + 2;
+                    let res: Vec<u8> = (0..m * ldr).map(|_| rng.next() as u8).collect();
+                    let what = format!("hard-swish {hardswish} residual {residual} clamp [{lo}, {hi}] 7-bit {seven}");
+                    check_store(&a, m, k, &b, n, &req, residual.then_some((&res[..(m - 1) * ldr + n], ldr)), &what);
                 }
             }
-            let packed = PackedB::pack(&b, k, n);
-            for isa in Int8Isa::all_available() {
-                let mut got = vec![0xAAu8; m * ldo];
-                gemm_u8s8_requant(isa, &a, k, m, &packed, &req, &mut got, ldo);
-                assert_eq!(got, want, "{} ({isa}), m {m} k {k} n {n}", kernel_name(isa, &packed));
+        }
+    }
+
+    /// Hard-swish's clamp at its ends: `t · s + 3` exactly 0 and 6, and a step either side, with
+    /// and without a residual after it.
+    #[test]
+    fn hardswish_clamp_boundaries_are_exact() {
+        // k = 1 and B = 1: row i's accumulator is A[i] = i, so with bias -128 column j sees
+        // t = (i - 128) · multiplier[j] for every i in -128..128.
+        let (m, k, n) = (256, 1, 40);
+        let a: Vec<u8> = (0..=255).collect();
+        let b = vec![1i8; n];
+        let mults = [1.0f32, 0.5, 0.25, 0.1, 0.3, 1.0 / 3.0, 0.0625, 0.7, 0.2, 1.5];
+        let mut hit = [false; 2];
+        // Twice: multipliers above 0.75 make the x86 stores take the f32 steps one by one;
+        // without them they round in integers (`int_round_is_exact`).
+        for (s, limit) in
+            [0.25f32, 0.1, 0.2, 0.0625, 0.3, 1.0 / 12.0, 0.75].into_iter().flat_map(|s| [(s, 0.75), (s, 2.0)])
+        {
+            let mults = mults.map(|m| if m > limit { 0.5 } else { m });
+            let multiplier: Vec<f32> =
+                (0..n).map(|j| mults[j % mults.len()] * if j < 20 { 1.0 } else { 1.0 + 1e-7 * j as f32 }).collect();
+            for residual in [None, Some(ResidualQuant { zero_point: 7, multiplier: 0.37 })] {
+                let req = Requant {
+                    bias: vec![-128; n],
+                    multiplier: multiplier.clone(),
+                    out_zero_point: 100,
+                    lo: 0,
+                    hi: 255,
+                    hardswish: Some(s),
+                    residual,
+                };
+                assert_eq!(int_round_is_exact(&req, n), limit < 1.0);
+                for i in 0..m {
+                    for &mu in &multiplier {
+                        let x = (i as i32 - 128) as f32 * mu * s + 3.0;
+                        hit[0] |= x == 0.0;
+                        hit[1] |= x == 6.0;
+                    }
+                }
+                let res: Vec<u8> = (0..m * n).map(|i| (i * 37 % 251) as u8).collect();
+                check_store(&a, m, k, &b, n, &req, residual.map(|_| (&res[..], n)), "hard-swish boundaries");
             }
         }
+        assert!(hit[0] && hit[1], "the boundaries were not hit exactly");
+    }
+
+    /// Multipliers so large that `t` overflows to ±inf (hard-swish then makes NaN of -inf,
+    /// `-inf · 0`), zero and negative ones: the kernels still give the definition's bytes.
+    #[test]
+    fn store_is_exact_at_infinities_and_odd_multipliers() {
+        let mut rng = Rng(0x1F1F_2E2E_3D3D_4C4C);
+        let (m, k, n) = (11, 7, 37);
+        let a: Vec<u8> = (0..m * k).map(|_| rng.next() as u8).collect();
+        let b: Vec<i8> = (0..k * n).map(|_| rng.next() as i8).collect();
+        let odd = [f32::MAX, 1e30, -1e30, 0.0, -0.0, -0.01, 3e38, 1e-30];
+        for hardswish in [None, Some(0.05f32), Some(1e30)] {
+            for residual in [None, Some(ResidualQuant { zero_point: 200, multiplier: 1e38 })] {
+                for (lo, hi) in [(0u8, 255u8), (9, 250), (0, 0), (255, 255)] {
+                    let req = Requant {
+                        bias: (0..n).map(|j| if j % 3 == 0 { 0 } else { rng.below(2001) as i32 - 1000 }).collect(),
+                        multiplier: (0..n).map(|j| odd[j % odd.len()]).collect(),
+                        out_zero_point: 17,
+                        lo,
+                        hi,
+                        hardswish,
+                        residual,
+                    };
+                    let res: Vec<u8> = (0..m * n).map(|_| rng.next() as u8).collect();
+                    check_store(&a, m, k, &b, n, &req, residual.map(|_| (&res[..], n)), "odd multipliers");
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "residual")]
+    fn a_residual_layer_needs_its_map() {
+        let b = PackedB::pack(&[1], 1, 1);
+        let req = Requant {
+            bias: vec![0],
+            multiplier: vec![1.0],
+            out_zero_point: 0,
+            lo: 0,
+            hi: 255,
+            hardswish: None,
+            residual: Some(ResidualQuant { zero_point: 0, multiplier: 1.0 }),
+        };
+        gemm_u8s8_requant(Int8Isa::Portable, &[1], 1, 1, &b, &req, &mut [0], 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "residual")]
+    fn a_residual_map_needs_a_residual_layer() {
+        let b = PackedB::pack(&[1], 1, 1);
+        let req = Requant {
+            bias: vec![0],
+            multiplier: vec![1.0],
+            out_zero_point: 0,
+            lo: 0,
+            hi: 255,
+            hardswish: None,
+            residual: None,
+        };
+        gemm_u8s8_store(Int8Isa::Portable, &[1], 1, 1, &b, &req, Some((&[3], 1)), &mut [0], 1);
     }
 
     /// A whole quantised 1x1 convolution (f32 in, weights and bias, f32 range out) through the

@@ -1,0 +1,33 @@
+//! Speed of the int8 depthwise kernels against the f32 depthwise kernel at MobileNet V2's
+//! depthwise shapes, one thread (issue 14):
+//!
+//! ```text
+//! cargo run --release -p mobilenet-engine --example int8_depthwise
+//! ```
+//!
+//! Every kernel this CPU has runs in each round, in turn, so a busy machine's noise hits all of
+//! them alike; the table gives medians. `RUNS=n` sets the rounds (default 30).
+
+use mobilenet_engine::quant::depthwise::speed_probe;
+
+fn main() {
+    let runs = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    // (h, w, c, kernel, stride): V2's depthwise layers at 224x224 (input sizes).
+    let shapes =
+        [(112, 112, 96, 3, 2), (56, 56, 144, 3, 1), (28, 28, 192, 3, 1), (14, 14, 576, 3, 1), (7, 7, 960, 3, 1)];
+    println!("one thread, median of {runs} rounds; ratio = f32 time / int8 time at the same vector width");
+    for (h, w, c, k, s) in shapes {
+        let speeds = speed_probe(h, w, c, k, s, runs);
+        let ms = |name: &str| speeds.iter().find(|x| x.kernel == name).map(|x| x.ms);
+        let mut line = format!("{h:>3}x{w:<3}x{c:<4} {k}x{k} s{s}:");
+        for s in &speeds {
+            line += &format!("  {} {:.3} ms", s.kernel, s.ms);
+        }
+        for (i8name, f32name) in [("int8 avx512-vnni", "f32 avx512"), ("int8 avx2", "f32 avx2+fma")] {
+            if let (Some(a), Some(b)) = (ms(i8name), ms(f32name)) {
+                line += &format!("  [{i8name} vs {f32name}: {:.2}x]", b / a);
+            }
+        }
+        println!("{line}");
+    }
+}

@@ -17,7 +17,7 @@ use crate::network::Network;
 use crate::simd::{pad_channels, Isa};
 
 use super::depthwise::{depthwise_u8, PackedDepthwise};
-use super::gemm::{gemm_u8s8, gemm_u8s8_requant, PackedB};
+use super::gemm::{gemm_u8s8_store, PackedB};
 use super::isa::Int8Isa;
 use super::scheme::{quantize_weights, ActivationQuant, QuantizedWeights, Requant, WEIGHT_QMAX, WEIGHT_QMAX_7BIT};
 
@@ -138,8 +138,6 @@ pub struct QuantWorkspace {
     maps: Vec<Vec<u8>>,
     /// im2col rows of the stem.
     cols: Vec<u8>,
-    /// i32 accumulators where the store is not fused.
-    acc: Vec<i32>,
 }
 
 impl QuantWorkspace {
@@ -150,7 +148,10 @@ impl QuantWorkspace {
 
 impl QuantNetwork {
     /// Lowers `model` for the int8 kernels of `isa` (the f32 classifier uses `f32_isa`).
+    ///
+    /// Panics if this CPU cannot run `isa`'s kernels.
     pub fn new(model: &QuantModel, isa: Int8Isa, f32_isa: Isa) -> QuantNetwork {
+        assert!(isa.is_available(), "this CPU cannot run the {isa} int8 kernels");
         let folded = &model.folded;
         let borders = folded.borders();
         let maps: Vec<QMap> = folded
@@ -215,17 +216,13 @@ impl QuantNetwork {
         let geoms = self.geometry(h, w);
         let maps = geoms.iter().zip(&self.maps).map(|(g, m)| vec![m.q.zero_point; g.len()]).collect();
         let mut cols = 0;
-        let mut acc = 0;
         for layer in &self.layers {
-            if let QLayer::Conv { output, kind, .. } = layer {
+            if let QLayer::Conv { output, kind: ConvKind::Im2col { b, .. }, .. } = layer {
                 let g = geoms[*output];
-                if let ConvKind::Im2col { b, .. } = kind {
-                    cols = cols.max(g.h * g.w * b.k());
-                }
-                acc = acc.max(g.w * g.c);
+                cols = cols.max(g.h * g.w * b.k());
             }
         }
-        QuantWorkspace { size: (h, w), geoms, maps, cols: vec![0; cols], acc: vec![0; acc] }
+        QuantWorkspace { size: (h, w), geoms, maps, cols: vec![0; cols] }
     }
 
     fn geometry(&self, h: usize, w: usize) -> Vec<MapGeom> {
@@ -325,12 +322,13 @@ impl QuantNetwork {
         assert_eq!(image.len(), c * h * w, "image size");
         let plane = h * w;
         let buf = &mut ws.maps[0];
+        let mut line = vec![0u8; w];
         for y in 0..h {
             let row = &mut buf[g.offset(y, 0)..][..w * g.c];
             for ch in 0..c {
-                let src = &image[ch * plane + y * w..][..w];
-                for (px, &v) in row.chunks_exact_mut(g.c).zip(src) {
-                    px[ch] = q.quantize(v);
+                quantize_slice(self.isa, &image[ch * plane + y * w..][..w], q, &mut line);
+                for (px, &v) in row.chunks_exact_mut(g.c).zip(&line) {
+                    px[ch] = v;
                 }
             }
         }
@@ -349,14 +347,14 @@ impl QuantNetwork {
                     }
                     ConvKind::Pointwise(b) => {
                         let res = residual.map(|r| (&ws.maps[r][..], ws.geoms[r]));
-                        gemm_map(self.isa, &ws.maps[*input], in_g, b, req, res, &mut out, out_g, &mut ws.acc);
+                        gemm_map(self.isa, &ws.maps[*input], in_g, b, req, res, &mut out, out_g);
                     }
                     ConvKind::Im2col { b, cin, kernel, stride } => {
                         let k = b.k();
                         let cols = &mut ws.cols[..out_g.h * out_g.w * k];
                         im2col(&ws.maps[*input], in_g, *cin, *kernel, *stride, out_g, cols);
                         let cols_g = MapGeom { h: out_g.h, w: out_g.w, c: k, pad: 0 };
-                        gemm_map(self.isa, cols, cols_g, b, req, None, &mut out, out_g, &mut ws.acc);
+                        gemm_map(self.isa, cols, cols_g, b, req, None, &mut out, out_g);
                     }
                 }
                 ws.maps[*output] = out;
@@ -533,9 +531,14 @@ fn im2col(input: &[u8], g: MapGeom, cin: usize, kernel: usize, stride: usize, ou
             for ky in 0..kernel {
                 let iy = oy * stride + ky + g.pad - pad;
                 let src = &input[iy * row_stride + (ox * stride + g.pad - pad) * g.c..];
-                for kx in 0..kernel {
-                    let t = ky * kernel + kx;
-                    dst[t * cin..(t + 1) * cin].copy_from_slice(&src[kx * g.c..kx * g.c + cin]);
+                let row = &mut dst[ky * kernel * cin..(ky + 1) * kernel * cin];
+                if g.c == cin {
+                    // Unpadded channels (the image): the window's row is contiguous.
+                    row.copy_from_slice(&src[..kernel * cin]);
+                } else {
+                    for kx in 0..kernel {
+                        row[kx * cin..(kx + 1) * cin].copy_from_slice(&src[kx * g.c..kx * g.c + cin]);
+                    }
                 }
             }
         }
@@ -543,8 +546,8 @@ fn im2col(input: &[u8], g: MapGeom, cin: usize, kernel: usize, stride: usize, ou
 }
 
 /// A 1x1 conv as a GEMM over the pixels of `a` (geometry `a_g`, `b.k()` channels read), stored
-/// through `req` into `out` (with the residual map `res` when the layer has one). Maps whose rows
-/// are contiguous run as one GEMM; bordered ones row by row.
+/// through `req` into `out` (with the residual map `res` added in the store when the layer has
+/// one). Maps whose rows are contiguous run as one GEMM; bordered ones row by row.
 #[allow(clippy::too_many_arguments)]
 fn gemm_map(
     isa: Int8Isa,
@@ -555,7 +558,6 @@ fn gemm_map(
     res: Option<(&[u8], MapGeom)>,
     out: &mut [u8],
     out_g: MapGeom,
-    acc: &mut [i32],
 ) {
     let dense = |g: &MapGeom| g.pad == 0 && g.row_stride() == g.w * g.c;
     let whole = dense(&a_g) && dense(&out_g) && res.is_none_or(|(_, g)| dense(&g));
@@ -563,28 +565,39 @@ fn gemm_map(
     for y in 0..rows {
         let a_row = &a[a_g.offset(y, 0)..];
         let o = out_g.offset(y, 0);
-        match res {
-            None if req.hardswish.is_none() => {
-                gemm_u8s8_requant(isa, a_row, a_g.c, m, b, req, &mut out[o..], out_g.c);
-            }
-            _ => {
-                // Not yet fused: the accumulators, then the store's definition.
-                for chunk in 0..m.div_ceil(acc.len() / out_g.c) {
-                    let per = acc.len() / out_g.c;
-                    let (r0, r1) = (chunk * per, ((chunk + 1) * per).min(m));
-                    gemm_u8s8(isa, &a_row[r0 * a_g.c..], a_g.c, r1 - r0, b, acc, out_g.c);
-                    for r in 0..r1 - r0 {
-                        for j in 0..b.n() {
-                            let v = acc[r * out_g.c + j];
-                            out[o + (r0 + r) * out_g.c + j] = match res {
-                                Some((rm, rg)) => req.apply_with_residual(v, j, rm[rg.offset(y, 0) + (r0 + r) * rg.c + j]),
-                                None => req.apply(v, j),
-                            };
-                        }
-                    }
-                }
-            }
+        let r = res.map(|(r, g)| (&r[g.offset(y, 0)..], g.c));
+        gemm_u8s8_store(isa, a_row, a_g.c, m, b, req, r, &mut out[o..], out_g.c);
+    }
+}
+
+/// `dst[i] = q.quantize(src[i])`, compiled for the vector ISA so that the division and rounding
+/// vectorise (the same IEEE operations, so the same bytes).
+fn quantize_slice(isa: Int8Isa, src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
+    #[inline(always)]
+    fn plain(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
+        let (scale, zp) = (q.scale, q.zero_point as f32);
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = ((x / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
         }
+    }
+    #[cfg(engine_x86)]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    unsafe fn avx512(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
+        plain(src, q, dst)
+    }
+    #[cfg(engine_x86)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
+        plain(src, q, dst)
+    }
+    debug_assert!(isa.is_available());
+    match isa {
+        // SAFETY: a network only holds an Int8Isa this CPU has (checked where it is chosen).
+        #[cfg(engine_x86)]
+        Int8Isa::Vnni512 => unsafe { avx512(src, q, dst) },
+        #[cfg(engine_x86)]
+        Int8Isa::Avx2 => unsafe { avx2(src, q, dst) },
+        _ => plain(src, q, dst),
     }
 }
 

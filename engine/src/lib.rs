@@ -34,6 +34,7 @@ use std::sync::Mutex;
 
 pub use arch::{Activation, Arch, ModelSpec, Plan, MIN_INPUT_SIZE};
 pub use error::{EngineError, Result};
+pub use network::folded::FoldedModel;
 pub use network::{LayerProfile, NamedTensors, TensorSource};
 use network::{Network, Workspace};
 pub use simd::Isa;
@@ -137,19 +138,45 @@ impl Logits {
     }
 }
 
+/// The lowered model: f32, or int8 ([`quant`]).
+#[derive(Debug)]
+enum Net {
+    F32(Network),
+    Int8(quant::QuantNetwork),
+}
+
+/// One thread's buffers for a [`Net`].
+enum AnyWorkspace {
+    F32(Workspace),
+    Int8(quant::QuantWorkspace),
+}
+
+impl AnyWorkspace {
+    fn fits(&self, h: usize, w: usize, parts: usize) -> bool {
+        match self {
+            AnyWorkspace::F32(ws) => ws.fits(h, w, parts),
+            AnyWorkspace::Int8(ws) => ws.fits(h, w),
+        }
+    }
+}
+
 /// A loaded, packed model ready to run.
 pub struct Engine {
-    net: Network,
+    net: Net,
+    /// The f32 ISA (the whole f32 network; the int8 network's classifier).
+    isa: Isa,
+    spec: ModelSpec,
     threads: usize,
     pool: Option<rayon::ThreadPool>,
-    workspaces: Mutex<Vec<Workspace>>,
+    workspaces: Mutex<Vec<AnyWorkspace>>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("spec", &self.net.spec)
-            .field("isa", &self.net.isa)
+            .field("spec", &self.spec)
+            .field("isa", &self.isa)
+            .field("int8", &self.int8_isa())
             .field("threads", &self.threads)
             .finish()
     }
@@ -162,9 +189,16 @@ impl Engine {
         Self::load_with(path, EngineOptions::default())
     }
 
+    /// An int8 file (written by `mobilenet quantize`: [`quant::format`]) loads as an int8
+    /// engine.
     pub fn load_with(path: impl AsRef<Path>, options: EngineOptions) -> Result<Engine> {
         let path = path.as_ref();
-        let (spec, tensors) = read_safetensors(path)?;
+        let bytes = std::fs::read(path).map_err(|e| EngineError::file(path, format!("cannot read: {e}")))?;
+        if quant::format::is_int8(&safetensors_metadata(path, &bytes)?) {
+            let (model, _, _) = quant::format::from_bytes(path, &bytes)?;
+            return Self::from_quant_model(&model, options);
+        }
+        let (spec, tensors) = parse_safetensors(path, &bytes)?;
         let spec = spec.ok_or_else(|| {
             EngineError::file(
                 path,
@@ -186,11 +220,32 @@ impl Engine {
     }
 
     fn from_source(spec: &ModelSpec, source: &mut TensorSource, options: EngineOptions) -> Result<Engine> {
+        let isa = Self::check_isa(options)?;
+        Self::with_net(Net::F32(Network::build(spec, source, isa)?), *spec, isa, options)
+    }
+
+    /// An int8 engine running `model` with the int8 kernels this CPU has best (capped by
+    /// `MOBILENET_ENGINE_INT8_ISA`, and by `options.isa`: portable f32 means portable int8).
+    pub fn from_quant_model(model: &quant::QuantModel, options: EngineOptions) -> Result<Engine> {
+        let isa = Self::check_isa(options)?;
+        let int8 = match isa {
+            Isa::Portable => quant::Int8Isa::Portable,
+            Isa::Avx2 if quant::Int8Isa::detect() != quant::Int8Isa::Portable => quant::Int8Isa::Avx2,
+            _ => quant::Int8Isa::detect(),
+        };
+        let net = Net::Int8(quant::QuantNetwork::new(model, int8, isa));
+        Self::with_net(net, model.folded.spec, isa, options)
+    }
+
+    fn check_isa(options: EngineOptions) -> Result<Isa> {
         let isa = options.isa.unwrap_or_else(Isa::detect);
         if !Isa::all_available().contains(&isa) {
             return Err(EngineError::Spec(format!("this CPU cannot run the {isa} kernels")));
         }
-        let net = Network::build(spec, source, isa)?;
+        Ok(isa)
+    }
+
+    fn with_net(net: Net, spec: ModelSpec, isa: Isa, options: EngineOptions) -> Result<Engine> {
         let threads = options.threads.max(1);
         let pool = if threads > 1 {
             Some(
@@ -203,15 +258,24 @@ impl Engine {
         } else {
             None
         };
-        Ok(Engine { net, threads, pool, workspaces: Mutex::new(Vec::new()) })
+        Ok(Engine { net, isa, spec, threads, pool, workspaces: Mutex::new(Vec::new()) })
     }
 
     pub fn spec(&self) -> &ModelSpec {
-        &self.net.spec
+        &self.spec
     }
 
+    /// The f32 instruction set (of the whole network, or of an int8 network's f32 parts).
     pub fn isa(&self) -> Isa {
-        self.net.isa
+        self.isa
+    }
+
+    /// The int8 kernels' instruction set, for an int8 model.
+    pub fn int8_isa(&self) -> Option<quant::Int8Isa> {
+        match &self.net {
+            Net::F32(_) => None,
+            Net::Int8(q) => Some(q.isa),
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -221,7 +285,7 @@ impl Engine {
     /// This core's measured FMA peak for the engine's ISA, in GMAC/s on one thread: what
     /// `bench --profile` sets each layer's throughput against.
     pub fn fma_peak_gmacs(&self) -> f64 {
-        kernels::fma_peak_gmacs(self.net.isa)
+        kernels::fma_peak_gmacs(self.isa)
     }
 
     /// The per-core data-cache sizes (L1d, L2) the GEMM blocking is shaped for, in bytes.
@@ -231,7 +295,7 @@ impl Engine {
     }
 
     pub fn num_classes(&self) -> usize {
-        self.net.spec.num_classes
+        self.spec.num_classes
     }
 
     /// Logits for every image. With at least as many images as threads, each thread runs whole
@@ -240,17 +304,29 @@ impl Engine {
     pub fn run(&self, images: &Images) -> Result<Logits> {
         let classes = self.num_classes();
         let mut logits = vec![0.0f32; images.batch * classes];
-        let stride = self.net.pooled_stride();
+        let stride = match &self.net {
+            Net::F32(net) => net.pooled_stride(),
+            Net::Int8(net) => net.pooled_stride(),
+        };
         // Whole images per thread when there are enough of them (no synchronisation inside the
-        // network); otherwise every layer is split over the threads.
+        // network); otherwise every f32 layer is split over the threads (int8 layers are not
+        // split yet: a single image runs on one thread).
         let run_chunk = |first: usize, out: &mut [f32], parts: usize| {
             let count = out.len() / classes;
             let mut ws = self.workspace(images.height, images.width, parts);
             let mut pooled = vec![0.0f32; count * stride];
             for i in 0..count {
-                self.net.features_into(&mut ws, images.image(first + i), &mut pooled[i * stride..(i + 1) * stride]);
+                let (image, row) = (images.image(first + i), &mut pooled[i * stride..(i + 1) * stride]);
+                match (&self.net, &mut ws) {
+                    (Net::F32(net), AnyWorkspace::F32(ws)) => net.features_into(ws, image, row),
+                    (Net::Int8(net), AnyWorkspace::Int8(ws)) => net.features_into(ws, image, row),
+                    _ => unreachable!("a workspace of the network's kind"),
+                }
             }
-            self.net.head(&pooled, count, out);
+            match &self.net {
+                Net::F32(net) => net.head(&pooled, count, out),
+                Net::Int8(net) => net.head(&pooled, count, out),
+            }
             self.workspaces.lock().expect("workspace pool").push(ws);
         };
         match &self.pool {
@@ -271,12 +347,16 @@ impl Engine {
     /// Per-layer median times on the first image (single thread), with MACs and bytes.
     pub fn profile(&self, images: &Images, runs: usize) -> Vec<LayerProfile> {
         let mut ws = self.workspace(images.height, images.width, 1);
-        let out = self.net.profile(&mut ws, images.image(0), runs);
+        let out = match (&self.net, &mut ws) {
+            (Net::F32(net), AnyWorkspace::F32(ws)) => net.profile(ws, images.image(0), runs),
+            (Net::Int8(net), AnyWorkspace::Int8(ws)) => net.profile(ws, images.image(0), runs),
+            _ => unreachable!("a workspace of the network's kind"),
+        };
         self.workspaces.lock().expect("workspace pool").push(ws);
         out
     }
 
-    fn workspace(&self, h: usize, w: usize, parts: usize) -> Workspace {
+    fn workspace(&self, h: usize, w: usize, parts: usize) -> AnyWorkspace {
         let mut pool = self.workspaces.lock().expect("workspace pool");
         match pool.iter().position(|ws| ws.fits(h, w, parts)) {
             Some(i) => pool.swap_remove(i),
@@ -284,7 +364,10 @@ impl Engine {
                 // Keep at most a few; a new input size replaces the old ones.
                 pool.retain(|ws| ws.fits(h, w, 1) || ws.fits(h, w, self.threads));
                 drop(pool);
-                Workspace::with_parts(&self.net, h, w, parts)
+                match &self.net {
+                    Net::F32(net) => AnyWorkspace::F32(Workspace::with_parts(net, h, w, parts)),
+                    Net::Int8(net) => AnyWorkspace::Int8(net.workspace(h, w)),
+                }
             }
         }
     }
@@ -293,7 +376,24 @@ impl Engine {
 /// Reads every f32 tensor of a safetensors file and its `mobilenet.config`, if any.
 pub fn read_safetensors(path: &Path) -> Result<(Option<ModelSpec>, NamedTensors)> {
     let bytes = std::fs::read(path).map_err(|e| EngineError::file(path, format!("cannot read: {e}")))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+    if quant::format::is_int8(&safetensors_metadata(path, &bytes)?) {
+        return Err(EngineError::file(
+            path,
+            "an int8 model (written by `mobilenet quantize`), not f32 weights: only the engine's inference (predict, eval, bench) runs it",
+        ));
+    }
+    parse_safetensors(path, &bytes)
+}
+
+/// The metadata of a safetensors file's bytes.
+pub fn safetensors_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| EngineError::file(path, format!("not a safetensors file or truncated: {e}")))?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+fn parse_safetensors(path: &Path, bytes: &[u8]) -> Result<(Option<ModelSpec>, NamedTensors)> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| EngineError::file(path, format!("not a safetensors file or truncated: {e}")))?;
     let spec = match meta.metadata().as_ref().and_then(|m| m.get(CONFIG_METADATA_KEY)) {
         Some(json) => Some(
@@ -302,7 +402,7 @@ pub fn read_safetensors(path: &Path) -> Result<(Option<ModelSpec>, NamedTensors)
         ),
         None => None,
     };
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| EngineError::file(path, format!("not a safetensors file or truncated: {e}")))?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {

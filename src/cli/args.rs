@@ -176,6 +176,24 @@ impl BackendArgs {
     }
 }
 
+impl BackendArgs {
+    /// An int8 model file (`mobilenet quantize`) on the CPU engine, the only backend that runs
+    /// one.
+    pub fn int8_runner(&self, path: &std::path::Path, device_args: Option<&DeviceArgs>) -> anyhow::Result<Runner> {
+        let on_cpu = device_args.is_none_or(|d| matches!(d.device.as_str(), "cpu" | "flex"));
+        if !on_cpu || self.backend != Backend::Engine {
+            bail!(
+                "{}: an int8 model runs on the CPU engine only (drop --backend burn and --device); burn needs the f32 weights it was quantised from",
+                path.display()
+            );
+        }
+        if let Some(threads) = self.threads {
+            check_threads("--threads", threads)?;
+        }
+        Ok(Runner::int8(path, self.threads.unwrap_or(0))?)
+    }
+}
+
 impl DeviceArgs {
     pub fn device(&self) -> anyhow::Result<Device> {
         match self.device.as_str() {
@@ -231,6 +249,24 @@ impl DataArgs {
         }
         a
     }
+}
+
+/// The model a weight file holds on the chosen backend (an int8 file on the engine), with the
+/// preprocessing that goes with it: [`load_weights`], then [`BackendArgs::runner`].
+pub(crate) fn load_runner(
+    model: &ModelArgs,
+    preprocess: &PreprocessArgs,
+    backend: &BackendArgs,
+    path: &std::path::Path,
+    device: &Device,
+) -> anyhow::Result<(Runner, Preprocess)> {
+    if weights::is_int8(path)? {
+        let stored = Preprocess::from_metadata(path)?;
+        let preprocess = preprocess.apply(stored.unwrap_or_default())?;
+        return Ok((backend.int8_runner(path, None)?, preprocess));
+    }
+    let (model, preprocess) = load_weights(model, preprocess, path, device)?;
+    Ok((backend.runner(model, device, None)?, preprocess))
 }
 
 /// The model a weight file holds, built from its metadata and the flags, with its weights loaded

@@ -58,6 +58,13 @@ pub(super) fn bench(args: BenchArgs, device: &Device) -> anyhow::Result<()> {
         bail!("--batch must be at least 1");
     }
     check_sizes(args.threads, args.batch, args.image_size, args.seconds)?;
+    if let Some(path) = args.weights.as_ref().filter(|p| weights::is_int8(p).unwrap_or(false)) {
+        if args.backend != Backend::Engine {
+            bail!("{}: an int8 model runs on the CPU engine only (drop --backend burn)", path.display());
+        }
+        let runner = Runner::int8(path, args.threads)?;
+        return time_runner(&args, runner);
+    }
     let model = match &args.weights {
         Some(path) => {
             let Some(config) = args.model.config(weights::read_config(path)?)? else {
@@ -72,10 +79,15 @@ pub(super) fn bench(args: BenchArgs, device: &Device) -> anyhow::Result<()> {
             MobileNet::new(&config, device)?
         }
     };
-    let config = *model.config();
+    let runner = Runner::new(model, args.backend, device, args.threads)?;
+    time_runner(&args, runner)
+}
+
+/// Times `runner` on made-up pixels as `args` asks and prints the report.
+fn time_runner(args: &BenchArgs, runner: Runner) -> anyhow::Result<()> {
+    let config = *runner.config();
     // burn's CPU kernels use rayon's current pool: run them inside one of --threads threads.
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build()?;
-    let runner = Runner::new(model, args.backend, device, args.threads)?;
     let (n, s) = (args.batch, args.image_size);
     let pixels: Vec<f32> = (0..n * 3 * s * s).map(|i| (i % 251) as f32 / 125.0 - 1.0).collect();
     let mut failure = None;
@@ -89,10 +101,7 @@ pub(super) fn bench(args: BenchArgs, device: &Device) -> anyhow::Result<()> {
     if let Some(e) = failure {
         return Err(e.into());
     }
-    let backend = match &runner {
-        Runner::Engine { engine, .. } => format!("engine ({})", engine.isa()),
-        Runner::Burn { .. } => "burn (flex)".to_string(),
-    };
+    let backend = runner.describe();
     println!(
         "model: {} width {} | backend: {backend} | batch {n} | threads {} | {s}x{s}",
         config.spec.arch, config.spec.width_mult, args.threads

@@ -7,6 +7,7 @@ pub(crate) mod args;
 mod bench;
 mod inspect;
 mod predict;
+mod quantize;
 mod train;
 
 use bench::{BenchArgs, BenchTrainArgs};
@@ -43,6 +44,9 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Evaluate weights on a data set's evaluation split: loss, top-1, top-5, per-class accuracy.
     Eval(train::EvalArgs),
+    /// Post-training static int8 quantisation: calibrate on photos or a data set, write one
+    /// int8 model file that predict, eval and bench run on the engine.
+    Quantize(quantize::QuantizeArgs),
     /// Recompute BatchNorm running statistics over training batches, weights frozen.
     RecalibrateBn(train::RecalibrateArgs),
     /// Plot the validation curves of several runs in one PNG and print their last epochs.
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(args) => inspect::import(args, &device),
         Command::Train(args) => train::train(args),
         Command::Eval(args) => train::eval(args),
+        Command::Quantize(args) => quantize::quantize(args, &device),
         Command::RecalibrateBn(args) => train::recalibrate(args),
         Command::CompareRuns(args) => train::compare(args),
         Command::Bench(args) => bench::bench(args, &device),

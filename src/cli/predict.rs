@@ -6,7 +6,7 @@ use anyhow::bail;
 use burn::tensor::Device;
 use clap::Args;
 
-use crate::cli::args::{load_weights, BackendArgs, ModelArgs, PreprocessArgs};
+use crate::cli::args::{load_runner, BackendArgs, ModelArgs, PreprocessArgs};
 use crate::data::labels::Labels;
 use crate::inference::predict::{self, Classifier, Outcome, RunOptions};
 
@@ -50,10 +50,9 @@ pub(super) fn predict(args: PredictArgs, device: &Device) -> anyhow::Result<()> 
     if args.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let (model, preprocess) = load_weights(&args.model, &args.preprocess, &args.weights, device)?;
+    let (runner, preprocess) = load_runner(&args.model, &args.preprocess, &args.backend, &args.weights, device)?;
     crate::training::config::check_batch_bytes("--batch-size", args.batch_size, preprocess.crop_size as usize)?;
-    let labels = Labels::for_model(model.num_classes(), args.labels.as_deref())?;
-    let runner = args.backend.runner(model, device, None)?;
+    let labels = Labels::for_model(runner.num_classes(), args.labels.as_deref())?;
     let classifier = Classifier::with_runner(runner, preprocess, labels)?;
     let inputs = predict::find_images(&args.paths);
     let total = inputs.len();
@@ -61,9 +60,10 @@ pub(super) fn predict(args: PredictArgs, device: &Device) -> anyhow::Result<()> 
         RunOptions { batch_size: args.batch_size, top_k: args.top_k, progress: total > predict::PROGRESS_MIN_IMAGES };
     if args.verbose {
         eprintln!(
-            "{} ({} classes), preprocessing: resize {}, crop {}, mean {:?}, std {:?}; {total} inputs, batches of {}",
+            "{} ({} classes) on {}, preprocessing: resize {}, crop {}, mean {:?}, std {:?}; {total} inputs, batches of {}",
             classifier.runner().config().spec.arch,
             classifier.runner().num_classes(),
+            classifier.runner().describe(),
             preprocess.resize_size,
             preprocess.crop_size,
             preprocess.mean,

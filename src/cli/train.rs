@@ -11,7 +11,7 @@ use crate::cli::args::{BackendArgs, DataArgs, DeviceArgs, ModelArgs};
 use crate::data;
 use crate::data::augment::{AugmentConfig, TrainCrop};
 use crate::data::preprocess::Preprocess;
-use crate::inference::backend::Backend;
+use crate::inference::backend::{Backend, Runner};
 use crate::io::weights;
 use crate::models::{Arch, ModelConfig};
 use crate::training::evaluate::{evaluate_with, recalibrate_bn, EvalResult};
@@ -329,14 +329,25 @@ fn load_for_data(
         config = config.map(|c| c.with_num_classes(splits.train.num_classes()));
     }
     let model = weights::load(weights_path, config.as_ref(), device)?;
-    if model.num_classes() != splits.val.num_classes() {
+    check_classes(weights_path, model.num_classes(), splits)?;
+    Ok((model, eval_transform(data_args, weights_path, splits)?))
+}
+
+fn check_classes(weights_path: &Path, classes: usize, splits: &data::Splits) -> anyhow::Result<()> {
+    if classes != splits.val.num_classes() {
         bail!(
             "{}: the model has {} classes but the data has {}",
             weights_path.display(),
-            model.num_classes(),
+            classes,
             splits.val.num_classes()
         );
     }
+    Ok(())
+}
+
+/// The evaluation transform for a weights file on a data set: the file's preprocessing, then
+/// the flags, then the data set's defaults.
+fn eval_transform(data_args: &DataArgs, weights_path: &Path, splits: &data::Splits) -> anyhow::Result<AugmentConfig> {
     let mut augment = data_args.augment(splits.format, &splits.train);
     if let Some(p) = Preprocess::from_metadata(weights_path)? {
         if data_args.image_size.is_none() && data_args.eval_resize.is_none() {
@@ -349,7 +360,7 @@ fn load_for_data(
         }
     }
     augment.validate()?;
-    Ok((model, augment))
+    Ok(augment)
 }
 
 /// `eval`'s and `recalibrate-bn`'s recalibration settings: `batches` batches of `batch_size`
@@ -374,6 +385,18 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     }
     let device = args.device.device()?;
     let splits = data::load_spec(&args.data.data)?;
+    if weights::is_int8(&args.weights)? {
+        if args.recalibrate_bn > 0 {
+            bail!(
+                "--recalibrate-bn: {} is an int8 model; recalibrate the f32 weights, then quantise them again",
+                args.weights.display()
+            );
+        }
+        let runner = args.backend.int8_runner(&args.weights, Some(&args.device))?;
+        check_classes(&args.weights, runner.num_classes(), &splits)?;
+        let augment = eval_transform(&args.data, &args.weights, &splits)?;
+        return evaluate_and_print(&args, &runner, &Arc::new(splits.val), &augment);
+    }
     let (mut model, augment) = load_for_data(&args.model, &args.data, &args.weights, &splits, &device)?;
     let train_set = Arc::new(splits.train);
     let val_set = Arc::new(splits.val);
@@ -396,9 +419,18 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
             &device,
         )?;
     }
-    let bar = indicatif::ProgressBar::new(val_set.len() as u64);
     let runner = args.backend.runner(model, &device, Some(&args.device))?;
-    let result = evaluate_with(&runner, &val_set, &augment, args.batch_size, |n| bar.inc(n as u64))?;
+    evaluate_and_print(&args, &runner, &val_set, &augment)
+}
+
+fn evaluate_and_print(
+    args: &EvalArgs,
+    runner: &Runner,
+    val_set: &Arc<data::Dataset>,
+    augment: &AugmentConfig,
+) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(val_set.len() as u64);
+    let result = evaluate_with(runner, val_set, augment, args.batch_size, |n| bar.inc(n as u64))?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string(&result)?);

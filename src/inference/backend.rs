@@ -56,6 +56,29 @@ impl Runner {
         }
     }
 
+    /// An int8 model file (`mobilenet quantize`) on the engine, with `threads` threads (0: all
+    /// cores).
+    pub fn int8(path: &std::path::Path, threads: usize) -> Result<Self> {
+        let mut options = EngineOptions::default();
+        if threads > 0 {
+            options = options.with_threads(threads);
+        }
+        let config = weights::read_config(path)?
+            .ok_or_else(|| crate::error::Error::file(path, "no model configuration in the int8 file's metadata"))?;
+        Ok(Runner::Engine { engine: Engine::load_with(path, options)?, config })
+    }
+
+    /// What runs: `engine (avx512)`, `engine int8 (avx512-vnni)`, `burn (flex)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Runner::Engine { engine, .. } => match engine.int8_isa() {
+                Some(isa) => format!("engine int8 ({isa})"),
+                None => format!("engine ({})", engine.isa()),
+            },
+            Runner::Burn { .. } => "burn (flex)".to_string(),
+        }
+    }
+
     pub fn config(&self) -> &ModelConfig {
         match self {
             Runner::Engine { config, .. } => config,

@@ -143,8 +143,27 @@ pub fn load(path: &Path, config: Option<&ModelConfig>, device: &Device) -> Resul
     load_into(model, path)
 }
 
+/// Whether `path` is an int8 model written by `mobilenet quantize`.
+pub fn is_int8(path: &Path) -> Result<bool> {
+    Ok(mobilenet_engine::quant::format::is_int8(&read_metadata(path)?))
+}
+
+/// Refuses an int8 model where f32 weights are needed (burn, training, import).
+fn refuse_int8(path: &Path) -> Result<()> {
+    if is_int8(path)? {
+        return Err(Error::file(
+            path,
+            "an int8 model (written by `mobilenet quantize`): only the CPU engine runs it (predict, eval and bench \
+             with --backend engine); train, import, recalibrate-bn and --backend burn need the f32 weights it was \
+             quantised from",
+        ));
+    }
+    Ok(())
+}
+
 /// Loads the weights in `path` into `model`, strictly.
 pub fn load_into(model: MobileNet, path: &Path) -> Result<MobileNet> {
+    refuse_int8(path)?;
     let (model, result) = apply(model, path)?;
     check_strict(&result, path, &model.config().spec.arch.to_string(), None)?;
     Ok(to_f32(model))
@@ -167,6 +186,7 @@ fn to_f32(model: MobileNet) -> MobileNet {
 /// its shape fits (same class count), else it keeps its fresh initialisation. Returns whether it
 /// was taken. This is fine-tuning's `--init`.
 pub fn load_backbone(model: MobileNet, path: &Path) -> Result<(MobileNet, bool)> {
+    refuse_int8(path)?;
     let head = format!("{}.", model.classifier_key());
     let (model, result) = apply(model, path)?;
     check_strict(&result, path, &model.config().spec.arch.to_string(), Some(&head))?;

@@ -6,14 +6,18 @@
 //!   one used exactly (or made up, for benchmarks).
 //! - `layers.rs`: the layer types ([`layers::Layer`], the packed GEMM operand [`layers::Dense`],
 //!   the maps between layers) and the kernel jobs they build.
-//! - `lowering.rs`: [`Network::build`], a loop over the resolved [`crate::arch::Plan`]; its
-//!   builder folds each BatchNorm into its conv and packs the weights once.
+//! - `folded.rs`: [`folded::FoldedModel`], the model every lowering starts from: one walk over
+//!   the resolved [`crate::arch::Plan`], each BatchNorm folded into its conv, the topology fixed.
+//! - `lowering.rs`: [`Network::from_folded`]: each folded conv in its kernel's layout, the
+//!   weights packed once.
 //! - `fusion.rs`: which layers run together as one group (a depthwise → pointwise pair, an
 //!   expand → depthwise → pointwise triple, a pair → pair chain), decided once per network.
 //! - `memory.rs`: [`Workspace`], one thread's buffers: maps share slots by lifetime, plus the
 //!   band buffers of fused groups.
 //! - `execute.rs`: running the groups: whole layers, bands of a pair, rings of a triple or chain,
 //!   split over threads.
+//! - `observe.rs`: [`Network::run_observed`], every layer alone with a look at each map (int8
+//!   calibration, the fake-quantised reference).
 //! - `profile.rs`: [`LayerProfile`] and [`Network::profile`], per-layer times, MACs and bytes.
 //! - `tests.rs`: property tests of each layer type against [`crate::reference`] on every ISA.
 //!
@@ -23,10 +27,12 @@
 //! into a feature row; the classifier runs as GEMMs over the pooled rows of a whole batch.
 
 mod execute;
+pub mod folded;
 mod fusion;
 mod layers;
 mod lowering;
 mod memory;
+mod observe;
 mod profile;
 mod source;
 #[cfg(test)]
@@ -40,6 +46,7 @@ use fusion::Group;
 use layers::{Dense, Layer, MapInfo};
 
 pub use memory::Workspace;
+pub use observe::ObservedMap;
 pub use profile::LayerProfile;
 pub use source::{NamedTensors, TensorSource};
 

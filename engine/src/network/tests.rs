@@ -1,6 +1,6 @@
 //! Property tests: random shapes and weights per layer type, every ISA this CPU has, against
 //! [`crate::reference`]. Each test builds a one- or two-layer network through the real
-//! [`Builder`] (so BatchNorm folding and weight packing are under test too), runs it twice on a
+//! [`Folder`] and [`Network::lower`] (so BatchNorm folding and weight packing are under test too), runs it twice on a
 //! reused workspace (garbage left in the interiors must not leak into results; only borders are
 //! guaranteed zero) and compares every output value with the plain-loop reference.
 
@@ -10,8 +10,7 @@ use crate::arch::{Activation, Arch, ConvLayer, LinearLayer, ModelSpec, SqueezeEx
 use crate::reference::{self, Chw};
 use crate::simd::{pad_channels, Isa};
 
-use super::layers::MapInfo;
-use super::lowering::Builder;
+use super::folded::{FoldedModel, Folder};
 use super::{NamedTensors, Network, TensorSource, Workspace};
 
 /// splitmix64: reproducible without a dependency.
@@ -64,13 +63,14 @@ fn insert_conv_bn(t: &mut NamedTensors, p: &str, w: &[f32], shape: Vec<usize>, b
 }
 
 /// Runs the layers `build` adds on `input`, returning map `out` as CHW.
-fn run(isa: Isa, tensors: NamedTensors, input: &Chw, build: impl FnOnce(&mut Builder) -> usize) -> Chw {
+fn run(isa: Isa, tensors: NamedTensors, input: &Chw, build: impl FnOnce(&mut Folder) -> usize) -> Chw {
     let mut src = TensorSource::new(tensors);
-    let mut b = Builder { source: &mut src, norm_eps: 1e-3, lanes: isa.lanes(), maps: Vec::new(), layers: Vec::new() };
-    b.maps.push(MapInfo { channels: input.c, stride_c: pad_channels(input.c), pad: 0 });
+    let mut b = Folder { source: &mut src, norm_eps: 1e-3, maps: vec![input.c], layers: Vec::new() };
     let out = build(&mut b);
-    src_finish(b.source);
-    let net = Network::new(ModelSpec::new(Arch::V1), isa, b.maps, b.layers, out, Vec::new());
+    let (maps, layers) = (b.maps, b.layers);
+    src_finish(&src);
+    let model = FoldedModel { spec: ModelSpec::new(Arch::V1), maps, layers, features: out, head: Vec::new() };
+    let net = Network::lower(&model, isa, pad_channels(input.c));
     let mut ws = Workspace::new(&net, input.h, input.w);
     // Garbage in the interiors must not leak: only borders are guaranteed zero.
     net.run_layers(&mut ws, &input.data);
@@ -236,9 +236,7 @@ fn pooling_and_linear_head_match_reference() {
             t.insert("h.1.weight".into(), (vec![classes, hidden], w2.clone()));
             t.insert("h.1.bias".into(), (vec![classes], b2.clone()));
             let mut src = TensorSource::new(t);
-            let mut b =
-                Builder { source: &mut src, norm_eps: 1e-3, lanes: isa.lanes(), maps: Vec::new(), layers: Vec::new() };
-            b.maps.push(MapInfo { channels: c, stride_c: pad_channels(c), pad: 0 });
+            let mut b = Folder { source: &mut src, norm_eps: 1e-3, maps: vec![c], layers: Vec::new() };
             let linear =
                 |key: &str, in_features, out_features| LinearLayer { key: key.into(), in_features, out_features };
             let head = vec![
@@ -246,7 +244,8 @@ fn pooling_and_linear_head_match_reference() {
                 b.linear(&linear("h.1", hidden, classes), None).unwrap(),
             ];
             let spec = ModelSpec::new(Arch::V1).with_num_classes(classes);
-            let net = Network::new(spec, isa, b.maps, Vec::new(), 0, head);
+            let model = FoldedModel { spec, maps: b.maps, layers: Vec::new(), features: 0, head };
+            let net = Network::lower(&model, isa, pad_channels(c));
             let mut ws = Workspace::new(&net, h, w);
             let stride = net.pooled_stride();
             let mut pooled = vec![0.0; batch * stride];

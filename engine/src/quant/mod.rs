@@ -37,9 +37,16 @@
 //!    network-level test against a fake-quantised f32 reference within one step.
 
 pub mod bench;
+pub mod calibrate;
 pub mod depthwise;
+pub mod format;
 pub mod gemm;
 pub mod isa;
+pub mod network;
 pub mod scheme;
+#[cfg(test)]
+mod tests;
 
+pub use calibrate::{Calibrator, RangeMethod};
 pub use isa::Int8Isa;
+pub use network::{QuantModel, QuantNetwork, QuantWorkspace, WeightBits};

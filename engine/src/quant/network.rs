@@ -1,0 +1,634 @@
+//! The int8 network: a [`QuantModel`] (a folded model with int8 conv weights and the calibrated
+//! parameters of every map) lowered to u8 maps and int8 kernels, and run one image at a time.
+//!
+//! What runs in int8: every conv (the stem as an im2col GEMM, 1x1 convs as GEMMs, depthwise
+//! convs), with bias, activation (ReLU/ReLU6 as the store's clamp, hard-swish in the store) and
+//! the residual add fused into the requantising store ([`crate::quant::scheme::requantize_full`]);
+//! squeeze-excite's rescaling of its map. What stays f32 on purpose, small and
+//! precision-sensitive: squeeze-excite's two tiny fully connected layers (on the pooled map),
+//! the mean pool's result and the classifier (whose weights are the bulk of a batch-1 pass's
+//! memory traffic only for V3-Large; see the module plan). Every map has its own scale and zero
+//! point; the zero border each map's readers need holds its zero point (the real 0).
+
+use crate::arch::{Activation, ModelSpec};
+use crate::kernels::MapGeom;
+use crate::network::folded::{FoldedConv, FoldedLayer, FoldedModel};
+use crate::network::Network;
+use crate::simd::{pad_channels, Isa};
+
+use super::depthwise::{depthwise_u8, PackedDepthwise};
+use super::gemm::{gemm_u8s8_store, PackedB};
+use super::isa::Int8Isa;
+use super::scheme::{quantize_weights, ActivationQuant, QuantizedWeights, Requant, WEIGHT_QMAX, WEIGHT_QMAX_7BIT};
+
+/// A model quantised: the folded model (its conv weights replaced by the dequantised int8 ones,
+/// so that it is the fake-quantised f32 reference), the int8 weights of each conv and the
+/// parameters of each map. What a quantised file holds ([`crate::quant::format`]).
+#[derive(Debug, Clone)]
+pub struct QuantModel {
+    pub folded: FoldedModel,
+    /// Per conv, in [`FoldedModel::convs`] order.
+    pub conv_weights: Vec<QuantizedWeights>,
+    /// Per map (map 0 is the input image).
+    pub activations: Vec<ActivationQuant>,
+}
+
+/// How many bits the weights use: 8 (`[-127, 127]`), or 7 (`[-63, 63]`), which the AVX2
+/// `vpmaddubsw` kernel needs to be both exact and fast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightBits {
+    Eight,
+    Seven,
+}
+
+impl WeightBits {
+    /// 8 where this CPU has VNNI, 7 where only AVX2 (ONNX Runtime's `reduce_range` rule).
+    pub fn for_this_cpu() -> WeightBits {
+        match Int8Isa::detect() {
+            Int8Isa::Avx2 => WeightBits::Seven,
+            _ => WeightBits::Eight,
+        }
+    }
+    pub fn qmax(self) -> i32 {
+        match self {
+            WeightBits::Eight => WEIGHT_QMAX,
+            WeightBits::Seven => WEIGHT_QMAX_7BIT,
+        }
+    }
+    pub fn bits(self) -> u8 {
+        match self {
+            WeightBits::Eight => 8,
+            WeightBits::Seven => 7,
+        }
+    }
+}
+
+impl QuantModel {
+    /// Quantises every conv of `folded` per output channel and pairs the model with the
+    /// calibrated parameters of its maps.
+    pub fn quantize(mut folded: FoldedModel, activations: Vec<ActivationQuant>, bits: WeightBits) -> QuantModel {
+        assert_eq!(activations.len(), folded.maps.len(), "one parameter set per map");
+        let mut conv_weights = Vec::new();
+        for layer in &mut folded.layers {
+            if let FoldedLayer::Conv(c) = layer {
+                let q = quantize_weights(&c.weights, c.cout, bits.qmax());
+                c.weights = q.dequantize();
+                conv_weights.push(q);
+            }
+        }
+        QuantModel { folded, conv_weights, activations }
+    }
+
+    /// The fake-quantised reference: the f32 network of the dequantised weights, unfused, whose
+    /// maps [`Self::fake_quantize_map`] rounds in place as they are written.
+    pub fn reference_network(&self, isa: Isa) -> Network {
+        Network::from_folded(&self.folded, isa).unfused()
+    }
+
+    /// Rounds map `m`'s values to its int8 grid, as the int8 network stores them.
+    pub fn fake_quantize_map(&self, mut m: crate::network::ObservedMap) {
+        let q = self.activations[m.map];
+        m.for_each(|x| *x = q.dequantize(q.quantize(*x)));
+    }
+}
+
+/// A u8 map between layers.
+#[derive(Debug, Clone)]
+struct QMap {
+    channels: usize,
+    stride_c: usize,
+    pad: usize,
+    q: ActivationQuant,
+}
+
+/// How a conv runs.
+#[derive(Debug)]
+enum ConvKind {
+    /// 1x1: a GEMM over the map's pixels.
+    Pointwise(PackedB),
+    Depthwise { weights: PackedDepthwise, kernel: usize, stride: usize },
+    /// A full conv (the stem): its input windows copied into rows (im2col), then a GEMM.
+    Im2col { b: PackedB, cin: usize, kernel: usize, stride: usize },
+}
+
+#[derive(Debug)]
+enum QLayer {
+    Conv { input: usize, output: usize, residual: Option<usize>, kind: ConvKind, req: Requant },
+    /// Rescales its map in place (f32 fully connected layers on the pooled map).
+    SqueezeExcite { map: usize, channels: usize, squeeze: usize, fc1: Vec<f32>, b1: Vec<f32>, fc2: Vec<f32>, b2: Vec<f32> },
+}
+
+/// The lowered int8 model.
+#[derive(Debug)]
+pub struct QuantNetwork {
+    pub spec: ModelSpec,
+    pub isa: Int8Isa,
+    maps: Vec<QMap>,
+    layers: Vec<QLayer>,
+    features: usize,
+    /// The f32 classifier (a network of no layers whose input is the pooled feature row).
+    head: Network,
+    head_macs: usize,
+}
+
+/// One thread's buffers for a [`QuantNetwork`], reused from run to run.
+pub struct QuantWorkspace {
+    size: (usize, usize),
+    geoms: Vec<MapGeom>,
+    maps: Vec<Vec<u8>>,
+    /// im2col rows of the stem.
+    cols: Vec<u8>,
+}
+
+impl QuantWorkspace {
+    pub fn fits(&self, h: usize, w: usize) -> bool {
+        self.size == (h, w)
+    }
+}
+
+impl QuantNetwork {
+    /// Lowers `model` for the int8 kernels of `isa` (the f32 classifier uses `f32_isa`).
+    ///
+    /// Panics if this CPU cannot run `isa`'s kernels.
+    pub fn new(model: &QuantModel, isa: Int8Isa, f32_isa: Isa) -> QuantNetwork {
+        assert!(isa.is_available(), "this CPU cannot run the {isa} int8 kernels");
+        let folded = &model.folded;
+        let borders = folded.borders();
+        let maps: Vec<QMap> = folded
+            .maps
+            .iter()
+            .enumerate()
+            .map(|(i, &channels)| QMap {
+                channels,
+                // The image stays 3 channels wide: im2col reads it.
+                stride_c: if i == 0 { channels } else { pad_channels(channels) },
+                pad: borders[i],
+                q: model.activations[i],
+            })
+            .collect();
+        let mut weights = model.conv_weights.iter();
+        let layers = folded
+            .layers
+            .iter()
+            .map(|layer| match layer {
+                FoldedLayer::Conv(c) => {
+                    let q = weights.next().expect("one int8 weight set per conv");
+                    lower_conv(c, q, &maps)
+                }
+                FoldedLayer::SqueezeExcite(se) => QLayer::SqueezeExcite {
+                    map: se.map,
+                    channels: se.channels,
+                    squeeze: se.squeeze,
+                    fc1: se.fc1.clone(),
+                    b1: se.b1.clone(),
+                    fc2: se.fc2.clone(),
+                    b2: se.b2.clone(),
+                },
+            })
+            .collect();
+        let features = folded.features;
+        let c = folded.maps[features];
+        let head_model = FoldedModel {
+            spec: folded.spec,
+            maps: vec![c],
+            layers: Vec::new(),
+            features: 0,
+            head: folded.head.clone(),
+        };
+        let head = Network::lower(&head_model, f32_isa, pad_channels(c));
+        let head_macs = folded.head.iter().map(|l| l.n * l.k).sum();
+        QuantNetwork { spec: folded.spec, isa, maps, layers, features, head, head_macs }
+    }
+
+    /// Width of one pooled feature row.
+    pub fn pooled_stride(&self) -> usize {
+        self.head.pooled_stride()
+    }
+
+    /// The classifier over `m` pooled rows; logits `[m][classes]`.
+    pub fn head(&self, pooled: &[f32], m: usize, logits: &mut [f32]) {
+        self.head.head(pooled, m, logits)
+    }
+
+    /// Buffers for `h` x `w` inputs; every map starts filled with its zero point, so the
+    /// borders (never written) hold the real 0.
+    pub fn workspace(&self, h: usize, w: usize) -> QuantWorkspace {
+        let geoms = self.geometry(h, w);
+        let maps = geoms.iter().zip(&self.maps).map(|(g, m)| vec![m.q.zero_point; g.len()]).collect();
+        let mut cols = 0;
+        for layer in &self.layers {
+            if let QLayer::Conv { output, kind: ConvKind::Im2col { b, .. }, .. } = layer {
+                let g = geoms[*output];
+                cols = cols.max(g.h * g.w * b.k());
+            }
+        }
+        QuantWorkspace { size: (h, w), geoms, maps, cols: vec![0; cols] }
+    }
+
+    fn geometry(&self, h: usize, w: usize) -> Vec<MapGeom> {
+        let mut geoms = vec![MapGeom { h: 0, w: 0, c: 0, pad: 0 }; self.maps.len()];
+        geoms[0] = MapGeom { h, w, c: self.maps[0].stride_c, pad: self.maps[0].pad };
+        for layer in &self.layers {
+            if let QLayer::Conv { input, output, kind, .. } = layer {
+                let (kernel, stride) = match kind {
+                    ConvKind::Pointwise(_) => (1, 1),
+                    ConvKind::Depthwise { kernel, stride, .. } | ConvKind::Im2col { kernel, stride, .. } => {
+                        (*kernel, *stride)
+                    }
+                };
+                let g = geoms[*input];
+                let pad = (kernel - 1) / 2;
+                let out = |d: usize| (d + 2 * pad - kernel) / stride + 1;
+                let m = &self.maps[*output];
+                geoms[*output] = MapGeom { h: out(g.h), w: out(g.w), c: m.stride_c, pad: m.pad };
+            }
+        }
+        geoms
+    }
+
+    /// Runs one NCHW image and writes the pooled feature row (f32, dequantised) into `pooled`.
+    pub fn features_into(&self, ws: &mut QuantWorkspace, image: &[f32], pooled: &mut [f32]) {
+        self.load_image(ws, image);
+        for layer in &self.layers {
+            self.run_layer(layer, ws);
+        }
+        let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
+        mean_pool_u8(&ws.maps[self.features], g, m.channels, m.q, pooled);
+    }
+
+    /// Runs one image and returns every map's final values, dequantised (interior, real
+    /// channels, NHWC): what the report sets against the f32 network's.
+    pub fn dequantized_maps(&self, ws: &mut QuantWorkspace, image: &[f32]) -> Vec<Vec<f32>> {
+        self.load_image(ws, image);
+        for layer in &self.layers {
+            self.run_layer(layer, ws);
+        }
+        (0..self.maps.len())
+            .map(|m| {
+                let (g, info) = (ws.geoms[m], &self.maps[m]);
+                let mut v = Vec::with_capacity(g.h * g.w * info.channels);
+                for y in 0..g.h {
+                    for x in 0..g.w {
+                        v.extend(ws.maps[m][g.offset(y, x)..][..info.channels].iter().map(|&q| info.q.dequantize(q)));
+                    }
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Each layer on its reference input: runs layer after layer, but before each one puts the
+    /// maps the fake-quantised reference wrote (`events[0]` the image, `events[i + 1]` what layer
+    /// `i` wrote, NHWC interior values) in place of its own, so every layer is checked on the
+    /// same input as the reference's. Returns what each layer wrote, dequantised, with the
+    /// written map's scale.
+    #[cfg(test)]
+    pub(crate) fn run_teacher_forced(
+        &self,
+        ws: &mut QuantWorkspace,
+        image: &[f32],
+        events: &[Vec<f32>],
+    ) -> Vec<(Vec<f32>, f32)> {
+        self.load_image(ws, image);
+        let written = |layer: &QLayer| match layer {
+            QLayer::Conv { output, .. } => *output,
+            QLayer::SqueezeExcite { map, .. } => *map,
+        };
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            self.run_layer(layer, ws);
+            let m = written(layer);
+            let (g, info) = (ws.geoms[m], &self.maps[m]);
+            let mut got = Vec::new();
+            let mut want = events[i + 1].iter();
+            for y in 0..g.h {
+                for x in 0..g.w {
+                    for q in &mut ws.maps[m][g.offset(y, x)..][..info.channels] {
+                        got.push(info.q.dequantize(*q));
+                        *q = info.q.quantize(*want.next().expect("the reference map's size"));
+                    }
+                }
+            }
+            out.push((got, info.q.scale));
+        }
+        out
+    }
+
+    /// The NCHW image, quantised, into map 0 (NHWC).
+    fn load_image(&self, ws: &mut QuantWorkspace, image: &[f32]) {
+        let (h, w) = ws.size;
+        let g = ws.geoms[0];
+        let (c, q) = (self.maps[0].channels, self.maps[0].q);
+        assert_eq!(image.len(), c * h * w, "image size");
+        let plane = h * w;
+        let buf = &mut ws.maps[0];
+        let mut line = vec![0u8; w];
+        for y in 0..h {
+            let row = &mut buf[g.offset(y, 0)..][..w * g.c];
+            for ch in 0..c {
+                quantize_slice(self.isa, &image[ch * plane + y * w..][..w], q, &mut line);
+                for (px, &v) in row.chunks_exact_mut(g.c).zip(&line) {
+                    px[ch] = v;
+                }
+            }
+        }
+    }
+
+    fn run_layer(&self, layer: &QLayer, ws: &mut QuantWorkspace) {
+        match layer {
+            QLayer::Conv { input, output, residual, kind, req } => {
+                let (in_g, out_g) = (ws.geoms[*input], ws.geoms[*output]);
+                // The output is written while the input (and the residual) are read: take it
+                // out of the workspace for the call.
+                let mut out = std::mem::take(&mut ws.maps[*output]);
+                match kind {
+                    ConvKind::Depthwise { weights, stride, .. } => {
+                        depthwise_u8(self.isa, &ws.maps[*input], in_g, weights, *stride, req, &mut out, out_g, 0..out_g.h)
+                    }
+                    ConvKind::Pointwise(b) => {
+                        let res = residual.map(|r| (&ws.maps[r][..], ws.geoms[r]));
+                        gemm_map(self.isa, &ws.maps[*input], in_g, b, req, res, &mut out, out_g);
+                    }
+                    ConvKind::Im2col { b, cin, kernel, stride } => {
+                        let k = b.k();
+                        let cols = &mut ws.cols[..out_g.h * out_g.w * k];
+                        im2col(&ws.maps[*input], in_g, *cin, *kernel, *stride, out_g, cols);
+                        let cols_g = MapGeom { h: out_g.h, w: out_g.w, c: k, pad: 0 };
+                        gemm_map(self.isa, cols, cols_g, b, req, None, &mut out, out_g);
+                    }
+                }
+                ws.maps[*output] = out;
+            }
+            QLayer::SqueezeExcite { map, channels, squeeze, fc1, b1, fc2, b2 } => {
+                let (g, q) = (ws.geoms[*map], self.maps[*map].q);
+                let mut pooled = vec![0.0f32; *channels];
+                mean_pool_u8(&ws.maps[*map], g, *channels, q, &mut pooled);
+                let s: Vec<f32> = (0..*squeeze)
+                    .map(|j| {
+                        let row = &fc1[j * channels..(j + 1) * channels];
+                        (b1[j] + row.iter().zip(&pooled).map(|(w, x)| w * x).sum::<f32>()).max(0.0)
+                    })
+                    .collect();
+                let gate: Vec<f32> = (0..*channels)
+                    .map(|c| {
+                        let row = &fc2[c * squeeze..(c + 1) * squeeze];
+                        let x = b2[c] + row.iter().zip(&s).map(|(w, x)| w * x).sum::<f32>();
+                        crate::reference::activate(x, Some(Activation::Hardsigmoid))
+                    })
+                    .collect();
+                rescale_u8(&mut ws.maps[*map], g, q.zero_point, &gate);
+            }
+        }
+    }
+}
+
+impl QuantNetwork {
+    /// Per-layer median times on one image (each layer run alone, inputs hot, and within whole
+    /// passes), with MACs and the bytes each must move; the kinds say `int8` or `f32`, so the
+    /// parts kept in f32 show.
+    pub fn profile(&self, ws: &mut QuantWorkspace, image: &[f32], runs: usize) -> Vec<crate::LayerProfile> {
+        let runs = runs.max(1);
+        let timed = |f: &mut dyn FnMut()| {
+            let t = std::time::Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        };
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let features = self.maps[self.features].channels;
+        let mut pooled = vec![0.0f32; self.pooled_stride()];
+        let mut logits = vec![0.0f32; self.spec.num_classes];
+        let steps = self.layers.len() + 3;
+        let mut in_network = vec![Vec::new(); steps];
+        for _ in 0..runs {
+            in_network[0].push(timed(&mut || self.load_image(ws, image)));
+            for (i, layer) in self.layers.iter().enumerate() {
+                in_network[i + 1].push(timed(&mut || self.run_layer(layer, ws)));
+            }
+            let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
+            in_network[steps - 2].push(timed(&mut || mean_pool_u8(&ws.maps[self.features], g, m.channels, m.q, &mut pooled)));
+            in_network[steps - 1].push(timed(&mut || self.head(&pooled, 1, &mut logits)));
+        }
+        let mut alone = vec![Vec::new(); steps];
+        for _ in 0..runs {
+            alone[0].push(timed(&mut || self.load_image(ws, image)));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            for _ in 0..runs {
+                alone[i + 1].push(timed(&mut || self.run_layer(layer, ws)));
+            }
+        }
+        for _ in 0..runs {
+            let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
+            alone[steps - 2].push(timed(&mut || mean_pool_u8(&ws.maps[self.features], g, m.channels, m.q, &mut pooled)));
+            alone[steps - 1].push(timed(&mut || self.head(&pooled, 1, &mut logits)));
+        }
+        let area = |m: usize| ws.geoms[m].h * ws.geoms[m].w;
+        let ch = |m: usize| self.maps[m].channels;
+        let g0 = ws.geoms[0];
+        let mut rows = vec![(format!("int8 quantise image {}ch", ch(0)), (g0.h, g0.w), 0, 5 * g0.h * g0.w * ch(0))];
+        for layer in &self.layers {
+            rows.push(match layer {
+                QLayer::Conv { input, output, residual, kind, .. } => {
+                    let (out_hw, a_out) = ((ws.geoms[*output].h, ws.geoms[*output].w), area(*output) * ch(*output));
+                    let res = residual.map_or(0, |r| area(r) * ch(r));
+                    match kind {
+                        ConvKind::Pointwise(b) => (
+                            format!("int8 pointwise {}->{}{}", ch(*input), ch(*output), if residual.is_some() { " +res" } else { "" }),
+                            out_hw,
+                            a_out * ch(*input),
+                            area(*input) * ch(*input) + a_out + res + b.k() * b.n(),
+                        ),
+                        ConvKind::Depthwise { kernel, stride, .. } => (
+                            format!("int8 depthwise {kernel}x{kernel}/{stride} {}", ch(*output)),
+                            out_hw,
+                            a_out * kernel * kernel,
+                            area(*input) * ch(*input) + a_out,
+                        ),
+                        ConvKind::Im2col { b, kernel, cin, .. } => (
+                            format!("int8 conv {kernel}x{kernel} {cin}->{} (im2col)", ch(*output)),
+                            out_hw,
+                            a_out * b.k(),
+                            area(*input) * cin + area(*output) * b.k() + a_out + b.k() * b.n(),
+                        ),
+                    }
+                }
+                QLayer::SqueezeExcite { map, channels, squeeze, .. } => (
+                    format!("int8 squeeze-excite {channels}/{squeeze} (f32 FCs)"),
+                    (ws.geoms[*map].h, ws.geoms[*map].w),
+                    area(*map) * channels + 2 * channels * squeeze,
+                    2 * area(*map) * channels + 8 * channels * squeeze,
+                ),
+            });
+        }
+        let fg = ws.geoms[self.features];
+        rows.push((format!("int8 pool {features}"), (1, 1), fg.h * fg.w * features, fg.h * fg.w * features));
+        let head_macs: usize = self.spec_head_macs();
+        rows.push((format!("f32 classifier {features}->{}", self.spec.num_classes), (1, 1), head_macs, 4 * head_macs));
+        rows.into_iter()
+            .zip(alone.into_iter().zip(in_network))
+            .map(|((kind, out_hw, macs, bytes), (a, n))| crate::LayerProfile {
+                kind,
+                out_hw,
+                macs,
+                bytes,
+                ms: median(a),
+                ms_in_network: median(n),
+                fused: false,
+            })
+            .collect()
+    }
+
+    /// Multiply-adds of the f32 classifier.
+    fn spec_head_macs(&self) -> usize {
+        self.head_macs
+    }
+}
+
+/// One folded conv with its int8 weights, lowered.
+fn lower_conv(c: &FoldedConv, q: &QuantizedWeights, maps: &[QMap]) -> QLayer {
+    let (in_q, out_q) = (maps[c.input].q, maps[c.output].q);
+    let mut req = Requant::new(in_q, q, Some(&c.bias), out_q);
+    req = match c.act {
+        None => req,
+        Some(Activation::Relu) => req.with_clamp(out_q, Some(0.0), None),
+        Some(Activation::Relu6) => req.with_clamp(out_q, Some(0.0), Some(6.0)),
+        Some(Activation::Hardswish) => req.with_hardswish(out_q),
+        Some(Activation::Hardsigmoid) => unreachable!("no conv of a MobileNet ends in hard-sigmoid"),
+    };
+    if let Some(r) = c.residual {
+        assert!(c.act.is_none(), "{}: a residual after an activation", c.key);
+        req = req.with_residual(maps[r].q, out_q);
+    }
+    let kind = if c.depthwise {
+        ConvKind::Depthwise {
+            weights: PackedDepthwise::new(q, c.kernel, maps[c.output].stride_c),
+            kernel: c.kernel,
+            stride: c.stride,
+        }
+    } else if c.is_pointwise() {
+        ConvKind::Pointwise(PackedB::pack_out_major(&q.values, c.cout, c.cin))
+    } else {
+        // im2col columns in (tap, input channel) order; the weights are [out][in][tap].
+        let (cin, taps) = (c.cin, c.kernel * c.kernel);
+        let b = PackedB::pack_with(taps * cin, c.cout, |kk, j| q.values[j * q.per_channel + (kk % cin) * taps + kk / cin]);
+        ConvKind::Im2col { b, cin, kernel: c.kernel, stride: c.stride }
+    };
+    QLayer::Conv { input: c.input, output: c.output, residual: c.residual, kind, req }
+}
+
+/// The input windows of a `kernel` x `kernel` conv (stride `stride`) over `cin` channels of
+/// `input`, one row of `kernel²·cin` bytes per output pixel (tap-major).
+fn im2col(input: &[u8], g: MapGeom, cin: usize, kernel: usize, stride: usize, out_g: MapGeom, cols: &mut [u8]) {
+    let pad = (kernel - 1) / 2;
+    let k = kernel * kernel * cin;
+    let row_stride = g.row_stride();
+    for oy in 0..out_g.h {
+        for ox in 0..out_g.w {
+            let dst = &mut cols[(oy * out_g.w + ox) * k..][..k];
+            for ky in 0..kernel {
+                let iy = oy * stride + ky + g.pad - pad;
+                let src = &input[iy * row_stride + (ox * stride + g.pad - pad) * g.c..];
+                let row = &mut dst[ky * kernel * cin..(ky + 1) * kernel * cin];
+                if g.c == cin {
+                    // Unpadded channels (the image): the window's row is contiguous.
+                    row.copy_from_slice(&src[..kernel * cin]);
+                } else {
+                    for kx in 0..kernel {
+                        row[kx * cin..(kx + 1) * cin].copy_from_slice(&src[kx * g.c..kx * g.c + cin]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A 1x1 conv as a GEMM over the pixels of `a` (geometry `a_g`, `b.k()` channels read), stored
+/// through `req` into `out` (with the residual map `res` added in the store when the layer has
+/// one). Maps whose rows are contiguous run as one GEMM; bordered ones row by row.
+#[allow(clippy::too_many_arguments)]
+fn gemm_map(
+    isa: Int8Isa,
+    a: &[u8],
+    a_g: MapGeom,
+    b: &PackedB,
+    req: &Requant,
+    res: Option<(&[u8], MapGeom)>,
+    out: &mut [u8],
+    out_g: MapGeom,
+) {
+    let dense = |g: &MapGeom| g.pad == 0 && g.row_stride() == g.w * g.c;
+    let whole = dense(&a_g) && dense(&out_g) && res.is_none_or(|(_, g)| dense(&g));
+    let (rows, m) = if whole { (1, a_g.h * a_g.w) } else { (a_g.h, a_g.w) };
+    for y in 0..rows {
+        let a_row = &a[a_g.offset(y, 0)..];
+        let o = out_g.offset(y, 0);
+        let r = res.map(|(r, g)| (&r[g.offset(y, 0)..], g.c));
+        gemm_u8s8_store(isa, a_row, a_g.c, m, b, req, r, &mut out[o..], out_g.c);
+    }
+}
+
+/// `dst[i] = q.quantize(src[i])`, compiled for the vector ISA so that the division and rounding
+/// vectorise (the same IEEE operations, so the same bytes).
+fn quantize_slice(isa: Int8Isa, src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
+    #[inline(always)]
+    fn plain(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
+        let (scale, zp) = (q.scale, q.zero_point as f32);
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = ((x / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
+        }
+    }
+    #[cfg(engine_x86)]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    unsafe fn avx512(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
+        plain(src, q, dst)
+    }
+    #[cfg(engine_x86)]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
+        plain(src, q, dst)
+    }
+    debug_assert!(isa.is_available());
+    match isa {
+        // SAFETY: a network only holds an Int8Isa this CPU has (checked where it is chosen).
+        #[cfg(engine_x86)]
+        Int8Isa::Vnni512 => unsafe { avx512(src, q, dst) },
+        #[cfg(engine_x86)]
+        Int8Isa::Avx2 => unsafe { avx2(src, q, dst) },
+        _ => plain(src, q, dst),
+    }
+}
+
+/// The mean of each of the first `channels` channels of a u8 map, dequantised (exact integer
+/// sums, one rounding per channel).
+fn mean_pool_u8(map: &[u8], g: MapGeom, channels: usize, q: ActivationQuant, pooled: &mut [f32]) {
+    let mut sums = vec![0i64; channels];
+    for y in 0..g.h {
+        for x in 0..g.w {
+            let px = &map[g.offset(y, x)..][..channels];
+            for (s, &v) in sums.iter_mut().zip(px) {
+                *s += v as i64;
+            }
+        }
+    }
+    let n = (g.h * g.w) as i64;
+    for (p, &s) in pooled.iter_mut().zip(&sums) {
+        *p = (s - n * q.zero_point as i64) as f32 * q.scale / n as f32;
+    }
+}
+
+/// Squeeze-excite's rescaling in place: each channel's real values times `gate[c]`, on the
+/// map's own grid (`round((q - zp)·gate) + zp`).
+fn rescale_u8(map: &mut [u8], g: MapGeom, zero_point: u8, gate: &[f32]) {
+    let zp = zero_point as f32;
+    for y in 0..g.h {
+        for x in 0..g.w {
+            let px = &mut map[g.offset(y, x)..][..gate.len()];
+            for (v, &s) in px.iter_mut().zip(gate) {
+                *v = (((*v as f32 - zp) * s).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}

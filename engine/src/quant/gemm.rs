@@ -21,7 +21,7 @@
 //! The tests run the extremes (A = 255, B = ±127 and -128) through every path.
 
 use super::isa::Int8Isa;
-use super::scheme::{requantize_full, Requant, ResidualQuant, HARDSWISH_SIXTH};
+use super::scheme::{requantize_full, Requant};
 
 /// Columns per packed panel (one zmm of i32 lanes).
 pub const PANEL: usize = 16;
@@ -296,9 +296,12 @@ struct RequantOut<'a> {
     /// `emit` and the scratch block are not used).
     fused: Option<FusedTile>,
     /// Whether the x86 stores may round and convert in one step ([`int_round_is_exact`]).
+    #[cfg_attr(not(engine_x86), allow(dead_code))]
     int_round: bool,
     /// The last panel's bias and multipliers, zero-padded to [`PANEL`] columns.
+    #[cfg_attr(not(engine_x86), allow(dead_code))]
     tail_bias: [i32; PANEL],
+    #[cfg_attr(not(engine_x86), allow(dead_code))]
     tail_mult: [f32; PANEL],
 }
 
@@ -484,7 +487,8 @@ unsafe fn portable_tile(
 
 #[cfg(engine_x86)]
 mod x86 {
-    use super::{a_word, Geometry, Requant, RequantOut, GROUP, HARDSWISH_SIXTH, PANEL};
+    use super::{a_word, Geometry, Requant, RequantOut, GROUP, PANEL};
+    use crate::quant::scheme::{ResidualQuant, HARDSWISH_SIXTH};
     use std::arch::x86_64::*;
 
     pub const VNNI_ROWS: usize = 8;
@@ -535,7 +539,7 @@ mod x86 {
     impl Store16 {
         #[inline(always)]
         unsafe fn new(req: &Requant, int_round: bool) -> Store16 {
-            let rq = req.residual.unwrap_or(super::ResidualQuant { zero_point: 0, multiplier: 0.0 });
+            let rq = req.residual.unwrap_or(ResidualQuant { zero_point: 0, multiplier: 0.0 });
             Store16 {
                 zp: _mm512_set1_ps(req.out_zero_point as f32),
                 lo: _mm512_set1_ps(req.lo as f32),
@@ -676,7 +680,7 @@ mod x86 {
     impl Store8 {
         #[inline(always)]
         unsafe fn new(req: &Requant, int_round: bool) -> Store8 {
-            let rq = req.residual.unwrap_or(super::ResidualQuant { zero_point: 0, multiplier: 0.0 });
+            let rq = req.residual.unwrap_or(ResidualQuant { zero_point: 0, multiplier: 0.0 });
             Store8 {
                 zp: _mm256_set1_ps(req.out_zero_point as f32),
                 lo: _mm256_set1_ps(req.lo as f32),
@@ -1214,6 +1218,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::scheme::ResidualQuant;
 
     struct Rng(u64);
     impl Rng {

@@ -7,7 +7,8 @@
 //!
 //! Every kernel this CPU has runs in each round, in turn, so a busy machine's noise hits all of
 //! them alike; the table gives medians (`MIN=1`: the fastest round). `RUNS=n` sets the rounds
-//! (default 30), `SHAPE=i` runs the i-th shape alone.
+//! (default 30), `SHAPE=i` runs the i-th shape alone, `V3=1` adds V3-Large's 5x5 layers,
+//! `PORTABLE=0` leaves the portable int8 kernel out.
 
 use mobilenet_engine::quant::depthwise::speed_probe;
 

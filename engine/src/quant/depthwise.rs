@@ -8,27 +8,37 @@
 //!
 //! **The vector kernels.** A channel's taps sit one pixel (`c_pad` bytes) apart, so the
 //! multiply-adds that sum several products per i32 lane (`vpdpbusd`: four u8·s8; `vpmaddwd`:
-//! two i16·i16) need the taps of one channel side by side. Each output row step (two output
-//! rows at stride 1, one at stride 2) first interleaves the input rows it reads, column by
-//! column, into a scratch row: AVX-512 packs four rows into each channel's dword (`vpunpck*bw`,
-//! `vpunpck*wd`; 3x3 at stride 1 reads rows `y..y+4` for its two output rows, so nothing is
-//! wasted), AVX2 two rows zero-extended to an i16 pair. Every interleaved column then feeds up
-//! to `k · rows` multiply-adds against weights packed per (group, output row, kx) by
-//! [`PackedDepthwise::new`] (the slots a row does not use hold 0). `vpmaddwd` cannot overflow
-//! (two products of at most 255·128) and `vpdpbusd` does not saturate, so both are exact for
-//! any s8 weight, -128 included.
+//! two i16·i16) need the taps of one channel side by side: the kernels interleave input rows
+//! column by column (`vpunpck*bw`, then `vpunpck*wd` on AVX-512 or an unpack with zero on
+//! AVX2), AVX-512 four rows into each channel's dword, AVX2 two rows zero-extended to an i16
+//! pair. Each interleaved column then meets, per kx, weights packed by [`PackedDepthwise::new`]
+//! in the same layout (the slots an output row does not read hold 0). `vpmaddwd` cannot
+//! overflow (two products of at most 255·128) and `vpdpbusd` does not saturate, so both are
+//! exact for any s8 weight, -128 included.
+//! - AVX-512, 3x3 (every depthwise layer of V2): a pixel's three input rows (and a zero byte)
+//!   in one dword per channel, so a pixel is three `vpdpbusd` per 16 channels; the columns are interleaved in registers as the
+//!   pixels go (stride 1 carries two columns to the next pixel, stride 2 one), 64 channels at a
+//!   time with the block's weights held in registers; no scratch.
+//! - AVX-512 5x5 and AVX2: a row step (two output rows at stride 1, sharing their input rows,
+//!   one at stride 2) interleaves a chunk of columns, every block of 64 / 32 channels, into an
+//!   L1 scratch, then computes tiles of pixels from there.
 //!
 //! The unpacks leave sub-vector `s` of a block holding channels `16·l + 4·s + d` (lane `l`,
 //! dword `d`); the weights, bias and multipliers are laid out the same way, and the store's
-//! `vpackssdw`/`vpackuswb` (which work per 128-bit lane) put the bytes back in channel order.
+//! `vpackssdw`/`vpackuswb` (which work per 128-bit lane) put the bytes back in channel order. A
+//! last block cut short by `c_pad` (144 = 2·64 + 16) transposes its rows first (`vpermd`) so
+//! that its channels stay in order and only its live sub-vectors are computed.
 //!
 //! **The store** equals [`Requant::apply`] bit for bit: the accumulator starts at the bias
 //! (the i32 sum wraps as `acc.wrapping_add(bias)`), `vcvtdq2ps`, `vmulps`, hard-swish in the
-//! same order with no FMA, then `min(t, hi - zp)`, `vcvtps2dq` (round half to even under the
-//! default MXCSR), a saturating pack to i16, `+ zp` (saturating), a saturating pack to u8 and
-//! `max(·, lo)`. That equals `clamp(round(t) + zp, lo, hi)`: rounding is monotone and fixes
-//! integers, so clamping at the integer `hi - zp` before it is the same as after, and every
-//! value the saturations move lies below `lo`.
+//! same order with no FMA, `vcvtps2dq` (round half to even under the default MXCSR), a
+//! saturating pack to i16, `+ zp` (saturating), a saturating pack to u8, `max(·, lo)` and
+//! `min(·, hi)`. That equals `clamp(round(t) + zp, lo, hi)`: every value the saturations move
+//! lies beyond `lo` or `hi`. Where a layer's bias and multipliers could take `|t|` past 2^30
+//! (`vcvtps2dq` would overflow to `i32::MIN`), `t` is first clamped to `hi - zp` in f32 instead:
+//! rounding is monotone and fixes integers, so that is the same as clamping after it.
+//!
+//! Speed: `cargo run --release -p mobilenet-engine --example int8_depthwise` ([`speed_probe`]).
 
 use std::ops::Range;
 

@@ -17,9 +17,14 @@ fn main() {
     let min = std::env::var("MIN").is_ok_and(|v| v == "1");
     let runs = std::env::var("RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     // (h, w, c, kernel, stride): V2's depthwise layers at 224x224 (input sizes).
-    let shapes =
-        [(112, 112, 96, 3, 2), (56, 56, 144, 3, 1), (28, 28, 192, 3, 1), (14, 14, 576, 3, 1), (7, 7, 960, 3, 1)];
-    println!("one thread, median of {runs} rounds; ratio = f32 time / int8 time at the same vector width");
+    let mut shapes =
+        vec![(112, 112, 96, 3, 2), (56, 56, 144, 3, 1), (28, 28, 192, 3, 1), (14, 14, 576, 3, 1), (7, 7, 960, 3, 1)];
+    // V3=1: V3-Large's 5x5 layers too.
+    if std::env::var("V3").is_ok_and(|v| v == "1") {
+        shapes.extend([(56, 56, 72, 5, 2), (28, 28, 120, 5, 1), (14, 14, 672, 5, 2), (7, 7, 960, 5, 1)]);
+    }
+    let stat = if min { "fastest" } else { "median" };
+    println!("one thread, {stat} of {runs} rounds; ratio = f32 time / int8 time at the same vector width");
     // PORTABLE=0: leave the (slow) portable int8 kernel out.
     let portable = std::env::var("PORTABLE").map_or(true, |v| v != "0");
     // SHAPE=i: only the i-th shape (for profiling).

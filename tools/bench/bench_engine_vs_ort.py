@@ -485,6 +485,7 @@ def main_int8(args, models, bin_path, work, tmp, size, started, env):
             row["ort_int8_over_ours_int8"] = row["ort_int8_median_ms"] / row["ours_int8_median_ms"]
             row["ours_fp32_over_ours_int8"] = row["ours_fp32_median_ms"] / row["ours_int8_median_ms"]
             row["ours_int8_info"] = rounds["ours_int8"][-1]["info"]
+            row["ours_fp32_info"] = rounds["ours_fp32"][-1]["info"]
             results.append(row)
 
     env["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -498,7 +499,8 @@ def main_int8(args, models, bin_path, work, tmp, size, started, env):
         tmp.cleanup()
 
     v = env["versions"]
-    isa = sorted({m.group(1) for r in results for m in [re.search(r"(?:isa |engine \()([\w+]+)", r["ours_int8_info"])] if m})
+    isa = sorted({m.group(1) for r in results for m in [re.search(r"(?:isa |engine (?:int8 )?\()([\w+-]+)", r["ours_int8_info"])] if m})
+    isa32 = sorted({m.group(1) for r in results for m in [re.search(r"(?:isa |engine \()([\w+-]+)", r["ours_fp32_info"])] if m})
     print()
     print(f"## int8 inference latency: ours vs ONNX Runtime int8 ({started.date().isoformat()})")
     print()
@@ -507,7 +509,8 @@ def main_int8(args, models, bin_path, work, tmp, size, started, env):
     print("```")
     print()
     print(f"CPU: {env['cpu']}, {env['logical_cpus']} logical CPUs ({', '.join(env['cpu_flags']) or 'no AVX2'}); "
-          f"our kernels: {', '.join(isa) or 'unknown'}; git {env['git']}, binary `{env['bin']}` built {env['bin_mtime']}.")
+          f"our kernels: int8 {', '.join(isa) or 'unknown'}, fp32 {', '.join(isa32) or 'unknown'}; git {env['git']}, "
+          f"binary `{env['bin']}` built {env['bin_mtime']}.")
     print(f"onnxruntime {v['onnxruntime']} (CPUExecutionProvider, ORT_ENABLE_ALL, sequential, inter-op 1 thread, "
           f"intra-op spinning {'on' if args.ort_allow_spinning == '1' else 'off'}); ORT int8: quant_pre_process + "
           f"quantize_static (QDQ, per-channel, QUInt8 activations, QInt8 weights, MinMax); ours: `mobilenet quantize "

@@ -35,7 +35,10 @@ def log(*a):
 
 def run(cmd, timeout=3600, check=True):
     """Runs a command, returns the CompletedProcess; raises with its output when it fails."""
-    log("$ " + shlex.join(str(c) for c in cmd))
+    shown = [str(c) for c in cmd]
+    if len(shown) > 16:  # long file lists: the first and last few
+        shown = shown[:12] + [f"... ({len(shown) - 14} more)"] + shown[-2:]
+    log("$ " + shlex.join(shown))
     p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise RuntimeError(f"{shlex.join(str(c) for c in cmd)} failed ({p.returncode}):\n{p.stdout}{p.stderr}")

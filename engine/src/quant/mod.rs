@@ -42,6 +42,7 @@ pub mod depthwise;
 pub mod format;
 pub mod gemm;
 pub mod isa;
+mod maps;
 pub mod network;
 pub mod scheme;
 #[cfg(test)]

@@ -194,16 +194,13 @@ pub fn gemm_u8s8_store(
         assert!(r.len() >= (m - 1) * ldr + n, "the residual is too short for {m} rows");
     }
     assert!(isa.is_available(), "this CPU cannot run the {isa} int8 kernels");
-    let emit: Emit = match isa {
-        #[cfg(engine_x86)]
-        Int8Isa::Vnni512 | Int8Isa::Avx2 => x86::emit_avx2,
-        _ => emit_portable,
-    };
     let fused: Option<FusedTile> = match isa {
         #[cfg(engine_x86)]
         Int8Isa::Vnni512 => Some(x86::vnni_tile_requant),
         #[cfg(engine_x86)]
         Int8Isa::Avx2 if b.seven_bit => Some(x86::avx2_maddubs_requant),
+        #[cfg(engine_x86)]
+        Int8Isa::Avx2 => Some(x86::avx2_wide_requant),
         _ => None,
     };
     let (res, ldr) = residual.map_or((std::ptr::null(), 0), |(r, ldr)| (r.as_ptr(), ldr));
@@ -219,7 +216,7 @@ pub fn gemm_u8s8_store(
         ldo,
         res,
         ldr,
-        emit,
+        emit: emit_portable,
         fused,
         int_round: int_round_is_exact(req, n),
         tail_bias,
@@ -284,8 +281,9 @@ type Tile = unsafe fn(g: &Geometry, a: *const u8, rows: usize, b: *const i8, pan
 /// The most rows any tile has (the requantising store's scratch is sized for it).
 const MAX_TILE_ROWS: usize = 8;
 
-/// The requantising store: each tile's i32 results go to a scratch block in L1, and `emit`
-/// turns them into u8 in `out` (`emit_portable`, or `x86::emit_avx2`).
+/// The requantising store: fused into the tile on x86 (from the accumulator registers), else
+/// each tile's i32 results go to a scratch block in L1 and `emit` turns them into u8 in `out`
+/// (`emit_portable`).
 struct RequantOut<'a> {
     req: &'a Requant,
     out: *mut u8,
@@ -572,8 +570,8 @@ mod x86 {
     /// Where [`super::int_round_is_exact`] holds, `vcvtps2dq` rounds and converts at once and
     /// the zero point and clamp are taken in i32, which gives the same results.
     #[inline(always)]
-    unsafe fn requant16(acc: __m512i, bias: __m512i, mult: __m512, res: __m512i, c: &Store16) -> __m512i {
-        let mut t = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, bias)), mult);
+    unsafe fn requant16(acc_bias: __m512i, mult: __m512, res: __m512i, c: &Store16) -> __m512i {
+        let mut t = _mm512_mul_ps(_mm512_cvtepi32_ps(acc_bias), mult);
         if c.hardswish {
             let x = _mm512_add_ps(_mm512_mul_ps(t, c.hs_scale), c.three);
             let g = _mm512_min_ps(c.six, _mm512_max_ps(c.zero, x));
@@ -721,8 +719,8 @@ mod x86 {
 
     /// [`requant16`] on 8 lanes (ymm, AVX2), up to the rounding: `t`.
     #[inline(always)]
-    unsafe fn scaled8(acc: __m256i, bias: __m256i, mult: __m256, res: __m256i, c: &Store8) -> __m256 {
-        let mut t = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(acc, bias)), mult);
+    unsafe fn scaled8(acc_bias: __m256i, mult: __m256, res: __m256i, c: &Store8) -> __m256 {
+        let mut t = _mm256_mul_ps(_mm256_cvtepi32_ps(acc_bias), mult);
         if c.hardswish {
             let x = _mm256_add_ps(_mm256_mul_ps(t, c.hs_scale), c.three);
             let g = _mm256_min_ps(c.six, _mm256_max_ps(c.zero, x));
@@ -743,12 +741,6 @@ mod x86 {
         _mm256_cvttps_epi32(_mm256_min_ps(c.hi, _mm256_max_ps(c.lo, v)))
     }
 
-    /// 8 residual bytes at `p` (all real), zero-extended to i32.
-    #[inline(always)]
-    unsafe fn residual8(p: *const u8) -> __m256i {
-        _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
-    }
-
     /// The low bytes of 16 i32 (`lo` then `hi`, each in [0, 255] or 0x80000000), in order:
     /// `vpackssdw` (to i16, lane-interleaved), `vpackuswb` (to u8; 0x80000000 becomes 0, as its
     /// low byte is), `vpermd` to undo the interleave.
@@ -757,69 +749,6 @@ mod x86 {
         let w = _mm256_packs_epi32(lo, hi);
         let b = _mm256_packus_epi16(w, w);
         _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5)))
-    }
-
-    /// The requantising store on ymm (the scratch-block path of the AVX2 widening tile), the
-    /// steps of [`scaled8`] and [`Store8::bytes16`] sixteen, then eight columns at a time, the rest by the scalar
-    /// definition.
-    ///
-    /// # Safety
-    /// Only after AVX2 was detected; pointers as [`super::Emit`].
-    #[target_feature(enable = "avx2")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn emit_avx2(
-        s: *const i32,
-        lds: usize,
-        rows: usize,
-        cols: usize,
-        q: &RequantOut,
-        col0: usize,
-        out: *mut u8,
-        res: *const u8,
-    ) {
-        let req = q.req;
-        let c = Store8::new(req, q.int_round);
-        let bias = req.bias[col0..col0 + cols].as_ptr();
-        let mult = req.multiplier[col0..col0 + cols].as_ptr();
-        let zero = _mm256_setzero_si256();
-        for r in 0..rows {
-            let acc = s.add(r * lds);
-            let dst = out.add(r * q.ldo);
-            let rrow = if c.residual { res.add(r * q.ldr) } else { res };
-            let lanes = |j: usize| {
-                let rv = if c.residual { residual8(rrow.add(j)) } else { zero };
-                scaled8(
-                    _mm256_loadu_si256(acc.add(j) as *const __m256i),
-                    _mm256_loadu_si256(bias.add(j) as *const __m256i),
-                    _mm256_loadu_ps(mult.add(j)),
-                    rv,
-                    &c,
-                )
-            };
-            let mut j = 0;
-            while j + 16 <= cols {
-                _mm_storeu_si128(dst.add(j) as *mut __m128i, c.bytes16(lanes(j), lanes(j + 8)));
-                j += 16;
-            }
-            if j + 8 <= cols {
-                let t = lanes(j);
-                _mm_storel_epi64(dst.add(j) as *mut __m128i, c.bytes16(t, t));
-                j += 8;
-            }
-            for j in j..cols {
-                let residual = req.residual.map(|rq| (*rrow.add(j), rq));
-                *dst.add(j) = super::requantize_full(
-                    *acc.add(j),
-                    *bias.add(j),
-                    *mult.add(j),
-                    req.out_zero_point,
-                    req.lo,
-                    req.hi,
-                    req.hardswish,
-                    residual,
-                );
-            }
-        }
     }
 
     // ---------------------------------------------------------------- AVX512-VNNI
@@ -845,11 +774,13 @@ mod x86 {
     // Two thin wrappers so the row dispatch macro sees a single const parameter.
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn vnni_tile_2<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
-        vnni_kernel::<R, 2>(g, a, b, cols, |r, p, v, live| store_i32(c.add(r * g.ldc + p * PANEL), v, live))
+        let zero = [_mm512_setzero_si512(); 2];
+        vnni_kernel::<R, 2>(g, a, b, cols, zero, |r, p, v, live| store_i32(c.add(r * g.ldc + p * PANEL), v, live))
     }
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn vnni_tile_1<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
-        vnni_kernel::<R, 1>(g, a, b, cols, |r, p, v, live| store_i32(c.add(r * g.ldc + p * PANEL), v, live))
+        let zero = [_mm512_setzero_si512(); 1];
+        vnni_kernel::<R, 1>(g, a, b, cols, zero, |r, p, v, live| store_i32(c.add(r * g.ldc + p * PANEL), v, live))
     }
 
     #[inline(always)]
@@ -937,16 +868,22 @@ mod x86 {
         let mask = |p: usize| if live(p) == PANEL { u16::MAX } else { ((1u32 << live(p)) - 1) as u16 };
         let bv: [__m512i; P] = std::array::from_fn(|p| _mm512_maskz_loadu_epi32(mask(p), bias.wrapping_add(p * PANEL)));
         let mv: [__m512; P] = std::array::from_fn(|p| _mm512_maskz_loadu_ps(mask(p), mult.wrapping_add(p * PANEL)));
-        vnni_kernel::<R, P>(g, a, b, cols, |r, p, v, live| {
+        // The accumulators start at the bias: `acc + bias` (wrapping, as `vpdpbusd` adds) for free.
+        vnni_kernel::<R, P>(g, a, b, cols, bv, |r, p, v, live| {
             let rv = if c.residual { residual16(res.add(r * q.ldr + p * PANEL), live) } else { _mm512_setzero_si512() };
-            let bytes = requant16(v, bv[p], mv[p], rv, &c);
-            _mm512_mask_cvtepi32_storeu_epi8(out.add(r * q.ldo + p * PANEL) as *mut _, mask(p), bytes);
+            let bytes = requant16(v, mv[p], rv, &c);
+            let dst = out.add(r * q.ldo + p * PANEL);
+            if live == PANEL {
+                _mm_storeu_si128(dst as *mut __m128i, _mm512_cvtepi32_epi8(bytes));
+            } else {
+                _mm512_mask_cvtepi32_storeu_epi8(dst as *mut _, mask(p), bytes);
+            }
         })
     }
 
-    /// `R` rows × `P` panels of i32 accumulators in zmm; per group of 4 `k`, one broadcast of A per
-    /// row and one load of B per panel feed `R·P` `vpdpbusd`. `store(row, panel, sums, live
-    /// columns)` takes each finished vector.
+    /// `R` rows × `P` panels of i32 accumulators in zmm, starting at `init` (per panel); per group
+    /// of 4 `k`, one broadcast of A per row and one load of B per panel feed `R·P` `vpdpbusd`.
+    /// `store(row, panel, sums, live columns)` takes each finished vector.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn vnni_kernel<const R: usize, const P: usize>(
@@ -954,9 +891,10 @@ mod x86 {
         a: *const u8,
         b: *const i8,
         cols: usize,
+        init: [__m512i; P],
         mut store: impl FnMut(usize, usize, __m512i, usize),
     ) {
-        let mut acc = [[_mm512_setzero_si512(); P]; R];
+        let mut acc = [init; R];
         let groups = g.k.div_ceil(GROUP);
         let full = g.k / GROUP;
         let step = |acc: &mut [[__m512i; P]; R], grp: usize, tail: bool| {
@@ -1009,7 +947,8 @@ mod x86 {
 
     #[target_feature(enable = "avx2")]
     unsafe fn avx2_maddubs_i32<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
-        avx2_maddubs_kernel::<R>(g, a, b, |r, lo, hi| store16(c.add(r * g.ldc), lo, hi, cols))
+        let zero = [_mm256_setzero_si256(); 2];
+        avx2_maddubs_kernel::<R>(g, a, b, zero, |r, lo, hi| store16(c.add(r * g.ldc), lo, hi, cols))
     }
 
     /// The `vpmaddubsw` tile with the requantising store fused (from the accumulator registers,
@@ -1033,6 +972,24 @@ mod x86 {
         rows!(rows, avx2_maddubs_u8, g, a, b, q, out, res, col0, cols)
     }
 
+    /// # Safety
+    /// Only after AVX2 was detected; any weights; pointers as [`super::FusedTile`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn avx2_wide_requant(
+        g: &Geometry,
+        a: *const u8,
+        rows: usize,
+        b: *const i8,
+        _p: usize,
+        q: &RequantOut,
+        out: *mut u8,
+        res: *const u8,
+        col0: usize,
+        cols: usize,
+    ) {
+        rows!(rows, avx2_wide_u8, g, a, b, q, out, res, col0, cols)
+    }
+
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)]
     unsafe fn avx2_maddubs_u8<const R: usize>(
@@ -1045,17 +1002,51 @@ mod x86 {
         col0: usize,
         cols: usize,
     ) {
+        avx2_u8::<R, false>(g, a, b, q, out, res, col0, cols)
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2_wide_u8<const R: usize>(
+        g: &Geometry,
+        a: *const u8,
+        b: *const i8,
+        q: &RequantOut,
+        out: *mut u8,
+        res: *const u8,
+        col0: usize,
+        cols: usize,
+    ) {
+        avx2_u8::<R, true>(g, a, b, q, out, res, col0, cols)
+    }
+
+    /// The AVX2 tiles' fused store: the `vpmaddubsw` kernel, or the widening one (`WIDE`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2_u8<const R: usize, const WIDE: bool>(
+        g: &Geometry,
+        a: *const u8,
+        b: *const i8,
+        q: &RequantOut,
+        out: *mut u8,
+        res: *const u8,
+        col0: usize,
+        cols: usize,
+    ) {
         let req = q.req;
         // The panel's bias and multipliers (zero-padded past the real columns for the last
-        // panel). They are loaded inside the store, after the k loop: held in ymm across it they
-        // would push the accumulators out of AVX2's 16 registers.
+        // panel). The multipliers are loaded inside the store, after the k loop: held in ymm
+        // across it they would push the accumulators out of AVX2's 16 registers.
         let (bp, mp) = if cols == PANEL {
             (req.bias[col0..col0 + PANEL].as_ptr(), req.multiplier[col0..col0 + PANEL].as_ptr())
         } else {
             (q.tail_bias.as_ptr(), q.tail_mult.as_ptr())
         };
         let c = Store8::new(req, q.int_round);
-        avx2_maddubs_kernel::<R>(g, a, b, |r, v0, v1| {
+        // The accumulators start at the bias: `acc + bias` (wrapping) for free.
+        let init = [_mm256_loadu_si256(bp as *const __m256i), _mm256_loadu_si256(bp.add(8) as *const __m256i)];
+        let store = |r: usize, v0: __m256i, v1: __m256i| {
             let (r0, r1) = if c.residual {
                 let rp = res.add(r * q.ldr);
                 let v = if cols == PANEL { _mm_loadu_si128(rp as *const __m128i) } else { load_partial(rp, cols) };
@@ -1063,10 +1054,8 @@ mod x86 {
             } else {
                 (_mm256_setzero_si256(), _mm256_setzero_si256())
             };
-            let b0 = _mm256_loadu_si256(bp as *const __m256i);
-            let b1 = _mm256_loadu_si256(bp.add(8) as *const __m256i);
-            let t0 = scaled8(v0, b0, _mm256_loadu_ps(mp), r0, &c);
-            let t1 = scaled8(v1, b1, _mm256_loadu_ps(mp.add(8)), r1, &c);
+            let t0 = scaled8(v0, _mm256_loadu_ps(mp), r0, &c);
+            let t1 = scaled8(v1, _mm256_loadu_ps(mp.add(8)), r1, &c);
             let bytes = c.bytes16(t0, t1);
             let dst = out.add(r * q.ldo);
             if cols == PANEL {
@@ -1074,7 +1063,12 @@ mod x86 {
             } else {
                 store_partial(dst, bytes, cols);
             }
-        })
+        };
+        if WIDE {
+            avx2_wide_kernel::<R>(g, a, b, init, store)
+        } else {
+            avx2_maddubs_kernel::<R>(g, a, b, init, store)
+        }
     }
 
     /// Stores two ymm of i32 (16 columns) to `out`, of which `cols` are real.
@@ -1092,16 +1086,18 @@ mod x86 {
     }
 
     /// Per group: `vpmaddubsw` (u8·s8, adjacent pairs summed into i16 — exact for 7-bit weights),
-    /// then `vpmaddwd` by ones (the two pairs of each column into its i32), then add.
+    /// then `vpmaddwd` by ones (the two pairs of each column into its i32), then add; the
+    /// accumulators start at `init` (16 columns, the same for every row).
     #[target_feature(enable = "avx2")]
     unsafe fn avx2_maddubs_kernel<const R: usize>(
         g: &Geometry,
         a: *const u8,
         b: *const i8,
+        init: [__m256i; 2],
         mut store: impl FnMut(usize, __m256i, __m256i),
     ) {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_si256(); 2]; R];
+        let mut acc = [init; R];
         let groups = g.k.div_ceil(GROUP);
         let full = g.k / GROUP;
         let step = |acc: &mut [[__m256i; 2]; R], grp: usize, tail: bool| {
@@ -1140,15 +1136,28 @@ mod x86 {
         c: *mut i32,
         cols: usize,
     ) {
-        rows!(rows, avx2_wide_kernel, g, a, b, c, cols)
+        rows!(rows, avx2_wide_i32, g, a, b, c, cols)
+    }
+
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2_wide_i32<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
+        let zero = [_mm256_setzero_si256(); 2];
+        avx2_wide_kernel::<R>(g, a, b, zero, |r, lo, hi| store16(c.add(r * g.ldc), lo, hi, cols))
     }
 
     /// Per group: the 64 bytes of B sign-extended to i16 in four ymm (4 columns × 4 `k` each),
     /// the 4 bytes of A zero-extended to i16 and broadcast as one 64-bit pattern, and `vpmaddwd`
     /// (i16·i16, pairs summed into i32: exact). Each column ends as two partial sums, added at
-    /// the store.
+    /// the end (`vphaddd`), plus `init` (16 columns, the same for every row); `store(row, columns
+    /// 0..8, columns 8..16)` takes each row.
     #[target_feature(enable = "avx2")]
-    unsafe fn avx2_wide_kernel<const R: usize>(g: &Geometry, a: *const u8, b: *const i8, c: *mut i32, cols: usize) {
+    unsafe fn avx2_wide_kernel<const R: usize>(
+        g: &Geometry,
+        a: *const u8,
+        b: *const i8,
+        init: [__m256i; 2],
+        mut store: impl FnMut(usize, __m256i, __m256i),
+    ) {
         let mut acc = [[_mm256_setzero_si256(); 4]; R];
         let groups = g.k.div_ceil(GROUP);
         let full = g.k / GROUP;
@@ -1173,15 +1182,11 @@ mod x86 {
             step(&mut acc, full, true);
         }
         for (r, acc) in acc.iter().enumerate() {
-            // acc[q] holds columns 4q..4q+4 as (first pair, second pair) each.
-            let mut halves = [0i32; 2 * PANEL];
-            for (q, v) in acc.iter().enumerate() {
-                _mm256_storeu_si256(halves.as_mut_ptr().add(8 * q) as *mut __m256i, *v);
-            }
-            let out = c.add(r * g.ldc);
-            for j in 0..cols {
-                *out.add(j) = halves[2 * j] + halves[2 * j + 1];
-            }
+            // acc[q] holds columns 4q..4q+4 as (first pair, second pair) each: `vphaddd` of two
+            // gives columns (0, 1, 4, 5 | 2, 3, 6, 7) of their eight, `vpermq` puts them in order.
+            let lo = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc[0], acc[1]));
+            let hi = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(acc[2], acc[3]));
+            store(r, _mm256_add_epi32(lo, init[0]), _mm256_add_epi32(hi, init[1]));
         }
     }
 

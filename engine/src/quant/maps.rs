@@ -53,7 +53,15 @@ fn quantize_slice_plain(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
 
 /// The input windows of a `kernel` x `kernel` conv (stride `stride`) over `cin` channels of
 /// `input`, one row of `kernel²·cin` bytes per output pixel (tap-major).
-pub(super) fn im2col(input: &[u8], g: MapGeom, cin: usize, kernel: usize, stride: usize, out_g: MapGeom, cols: &mut [u8]) {
+pub(super) fn im2col(
+    input: &[u8],
+    g: MapGeom,
+    cin: usize,
+    kernel: usize,
+    stride: usize,
+    out_g: MapGeom,
+    cols: &mut [u8],
+) {
     let pad = (kernel - 1) / 2;
     let k = kernel * kernel * cin;
     let row_stride = g.row_stride();
@@ -76,7 +84,6 @@ pub(super) fn im2col(input: &[u8], g: MapGeom, cin: usize, kernel: usize, stride
         }
     }
 }
-
 
 isa_variants!(pub(super) fn mean_pool_u8(map: &[u8], g: MapGeom, channels: usize, q: ActivationQuant, pooled: &mut [f32]) => mean_pool_plain);
 

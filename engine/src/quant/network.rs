@@ -107,17 +107,40 @@ struct QMap {
 enum ConvKind {
     /// 1x1: a GEMM over the map's pixels.
     Pointwise(PackedB),
-    Depthwise { weights: PackedDepthwise, kernel: usize, stride: usize },
+    Depthwise {
+        weights: PackedDepthwise,
+        kernel: usize,
+        stride: usize,
+    },
     /// A full conv (the stem): its input windows copied into rows (im2col), then a GEMM.
-    Im2col { b: PackedB, cin: usize, kernel: usize, stride: usize },
+    Im2col {
+        b: PackedB,
+        cin: usize,
+        kernel: usize,
+        stride: usize,
+    },
 }
 
 #[derive(Debug)]
 enum QLayer {
-    Conv { input: usize, output: usize, residual: Option<usize>, kind: ConvKind, req: Requant },
+    Conv {
+        input: usize,
+        output: usize,
+        residual: Option<usize>,
+        kind: ConvKind,
+        req: Requant,
+    },
     /// Rescales its map in place (f32 fully connected layers on the pooled map); the weights
     /// transposed (`fc1t`: `[channels][squeeze]`, `fc2t`: `[squeeze][channels]`).
-    SqueezeExcite { map: usize, channels: usize, squeeze: usize, fc1t: Vec<f32>, b1: Vec<f32>, fc2t: Vec<f32>, b2: Vec<f32> },
+    SqueezeExcite {
+        map: usize,
+        channels: usize,
+        squeeze: usize,
+        fc1t: Vec<f32>,
+        b1: Vec<f32>,
+        fc2t: Vec<f32>,
+        b2: Vec<f32>,
+    },
 }
 
 /// The lowered int8 model.
@@ -344,9 +367,17 @@ impl QuantNetwork {
                 // out of the workspace for the call.
                 let mut out = std::mem::take(&mut ws.maps[*output]);
                 match kind {
-                    ConvKind::Depthwise { weights, stride, .. } => {
-                        depthwise_u8(self.isa, &ws.maps[*input], in_g, weights, *stride, req, &mut out, out_g, 0..out_g.h)
-                    }
+                    ConvKind::Depthwise { weights, stride, .. } => depthwise_u8(
+                        self.isa,
+                        &ws.maps[*input],
+                        in_g,
+                        weights,
+                        *stride,
+                        req,
+                        &mut out,
+                        out_g,
+                        0..out_g.h,
+                    ),
                     ConvKind::Pointwise(b) => {
                         let res = residual.map(|r| (&ws.maps[r][..], ws.geoms[r]));
                         gemm_map(self.isa, &ws.maps[*input], in_g, b, req, res, &mut out, out_g);
@@ -396,7 +427,9 @@ impl QuantNetwork {
                 in_network[i + 1].push(timed(&mut || self.run_layer(layer, ws)));
             }
             let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
-            in_network[steps - 2].push(timed(&mut || maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, &mut pooled)));
+            in_network[steps - 2].push(timed(&mut || {
+                maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, &mut pooled)
+            }));
             in_network[steps - 1].push(timed(&mut || self.head(&pooled, 1, &mut logits)));
         }
         let mut alone = vec![Vec::new(); steps];
@@ -410,7 +443,9 @@ impl QuantNetwork {
         }
         for _ in 0..runs {
             let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
-            alone[steps - 2].push(timed(&mut || maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, &mut pooled)));
+            alone[steps - 2].push(timed(&mut || {
+                maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, &mut pooled)
+            }));
             alone[steps - 1].push(timed(&mut || self.head(&pooled, 1, &mut logits)));
         }
         let area = |m: usize| ws.geoms[m].h * ws.geoms[m].w;
@@ -424,7 +459,12 @@ impl QuantNetwork {
                     let res = residual.map_or(0, |r| area(r) * ch(r));
                     match kind {
                         ConvKind::Pointwise(b) => (
-                            format!("int8 pointwise {}->{}{}", ch(*input), ch(*output), if residual.is_some() { " +res" } else { "" }),
+                            format!(
+                                "int8 pointwise {}->{}{}",
+                                ch(*input),
+                                ch(*output),
+                                if residual.is_some() { " +res" } else { "" }
+                            ),
                             out_hw,
                             a_out * ch(*input),
                             area(*input) * ch(*input) + a_out + res + b.k() * b.n(),
@@ -501,7 +541,8 @@ fn lower_conv(c: &FoldedConv, q: &QuantizedWeights, maps: &[QMap]) -> QLayer {
     } else {
         // im2col columns in (tap, input channel) order; the weights are [out][in][tap].
         let (cin, taps) = (c.cin, c.kernel * c.kernel);
-        let b = PackedB::pack_with(taps * cin, c.cout, |kk, j| q.values[j * q.per_channel + (kk % cin) * taps + kk / cin]);
+        let b =
+            PackedB::pack_with(taps * cin, c.cout, |kk, j| q.values[j * q.per_channel + (kk % cin) * taps + kk / cin]);
         ConvKind::Im2col { b, cin, kernel: c.kernel, stride: c.stride }
     };
     QLayer::Conv { input: c.input, output: c.output, residual: c.residual, kind, req }

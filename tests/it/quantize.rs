@@ -51,7 +51,7 @@ fn quantise_a_trained_model_then_evaluate_benchmark_and_refuse_it_where_it_canno
     assert!(std::fs::metadata(&q).unwrap().len() < std::fs::metadata(&f32_weights).unwrap().len());
 
     // Accuracy: the same evaluation, f32 and int8.
-    let (top1_f32, top1_int8) = (eval_top1(&f32_weights, &data), eval_top1(&q, &data));
+    let (top1_f32, top1_int8) = (eval_top1(&f32_weights, data), eval_top1(&q, data));
     eprintln!("top-1 on the validation split: f32 {:.2}%, int8 {:.2}%", 100.0 * top1_f32, 100.0 * top1_int8);
     assert!(top1_f32 > 0.4, "the model learned something: {top1_f32}");
     assert!((top1_f32 - top1_int8).abs() <= 0.03, "int8 top-1 {top1_int8} vs f32 {top1_f32}");

@@ -163,6 +163,8 @@ fn squeeze_excite_plain(se: &SqueezeExcite, map: &mut [u8], g: MapGeom, q: Activ
 /// bound, then the plain conversion instead of Rust's saturating one.
 #[inline(always)]
 fn round_to_i32(x: f32) -> i32 {
+    // Not `clamp`: it keeps a NaN, which the unchecked conversion must never see.
+    #[allow(clippy::manual_clamp)]
     let r = x.round_ties_even().max(-512.0).min(512.0);
     // SAFETY: `r` is finite and within ±512 (`max`/`min` return the bound for NaN).
     unsafe { r.to_int_unchecked::<i32>() }

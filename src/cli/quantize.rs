@@ -95,7 +95,8 @@ pub(super) fn quantize(args: QuantizeArgs, device: &Device) -> anyhow::Result<()
     if args.method == Method::Percentile && !(args.percentile > 50.0 && args.percentile <= 100.0) {
         bail!("--percentile must be in (50, 100], got {}", args.percentile);
     }
-    let inputs: Vec<&Path> = std::iter::once(args.weights.as_path()).chain(args.calibration.iter().map(|p| p.as_path())).collect();
+    let inputs: Vec<&Path> =
+        std::iter::once(args.weights.as_path()).chain(args.calibration.iter().map(|p| p.as_path())).collect();
     atomic::check_output("--output", &args.output, &inputs)?;
     if weights::is_int8(&args.weights)? {
         bail!("{}: already an int8 model; quantise the f32 weights it came from", args.weights.display());
@@ -114,8 +115,9 @@ pub(super) fn quantize(args: QuantizeArgs, device: &Device) -> anyhow::Result<()
     };
     let isa = Isa::detect();
     let mut calibrator = Calibrator::new(&folded, method, isa);
-    let bar = indicatif::ProgressBar::new(set.images.len() as u64)
-        .with_style(indicatif::ProgressStyle::with_template("calibrating {bar:40} {pos}/{len} images {elapsed}").expect("template"));
+    let bar = indicatif::ProgressBar::new(set.images.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("calibrating {bar:40} {pos}/{len} images {elapsed}").expect("template"),
+    );
     let mut f32_top1 = Vec::with_capacity(set.images.len());
     for image in &set.images {
         let logits = calibrator.observe(image, set.size, set.size);
@@ -165,10 +167,16 @@ fn report(folded: &FoldedModel, quant: &QuantModel, set: &CalibrationSet, f32_to
     let int8 = Int8Isa::detect();
     let images: Vec<&[f32]> = set.images.iter().take(n).map(|v| v.as_slice()).collect();
     let rows = sqnr_report(folded, quant, &images, set.size, set.size, isa, int8);
-    println!("per-layer error over {} calibration image(s) (SQNR of each int8 map against f32; higher is better):", images.len());
+    println!(
+        "per-layer error over {} calibration image(s) (SQNR of each int8 map against f32; higher is better):",
+        images.len()
+    );
     println!("{:>4}  {:<28} {:<19} {:>11} {:>4} {:>9}", "map", "layer", "kind", "scale", "zp", "SQNR dB");
     for r in &rows {
-        println!("{:>4}  {:<28} {:<19} {:>11.4e} {:>4} {:>9.2}", r.map, r.layer, r.kind, r.scale, r.zero_point, r.sqnr_db);
+        println!(
+            "{:>4}  {:<28} {:<19} {:>11.4e} {:>4} {:>9.2}",
+            r.map, r.layer, r.kind, r.scale, r.zero_point, r.sqnr_db
+        );
     }
     if let Some(worst) = rows.iter().skip(1).min_by(|a, b| a.sqnr_db.total_cmp(&b.sqnr_db)) {
         println!("lowest: map {} ({}, {}) at {:.2} dB", worst.map, worst.layer, worst.kind, worst.sqnr_db);
@@ -197,8 +205,8 @@ fn calibration_set(args: &QuantizeArgs, preprocess: Preprocess) -> anyhow::Resul
         let spec = path.to_string_lossy();
         let looks_like_data = spec == data::EMBEDDED || path.join("train").is_dir() || !has_photos(path);
         if looks_like_data {
-            let splits =
-                data::load_spec(&spec).with_context(|| format!("{}: reading the calibration data set", path.display()))?;
+            let splits = data::load_spec(&spec)
+                .with_context(|| format!("{}: reading the calibration data set", path.display()))?;
             return data_set_images(args, &splits, path, preprocess);
         }
     }
@@ -228,7 +236,8 @@ fn data_set_images(
     // their own preprocessing or flags set it.
     let stored = Preprocess::from_metadata(&args.weights)?;
     let flags = &args.preprocess;
-    let any_flag = flags.resize_size.is_some() || flags.crop_size.is_some() || flags.mean.is_some() || flags.std.is_some();
+    let any_flag =
+        flags.resize_size.is_some() || flags.crop_size.is_some() || flags.mean.is_some() || flags.std.is_some();
     let transform = if stored.is_some() || any_flag {
         preprocess
     } else {

@@ -11,6 +11,7 @@ mod fuzz;
 mod optim;
 mod parity;
 mod predict;
+mod quantize;
 mod summary;
 mod train;
 mod train_paths;

@@ -13,10 +13,10 @@ use mobilenet::io::weights;
 use mobilenet::{Arch, ModelConfig};
 use serde_json::Value;
 
-const PHOTOS: [&str; 3] = ["chelsea.png", "coffee.png", "grace_hopper.jpg"];
+pub(crate) const PHOTOS: [&str; 3] = ["chelsea.png", "coffee.png", "grace_hopper.jpg"];
 const PRETRAINED: &str = "weights/mobilenet_v2-b0353104.pth";
 
-fn photo(name: &str) -> PathBuf {
+pub(crate) fn photo(name: &str) -> PathBuf {
     fixture("photos").join(name)
 }
 
@@ -26,7 +26,7 @@ fn expected() -> Value {
 
 /// torchvision's real MobileNetV2 weights, or `None` (with the reason on stderr) when
 /// tools/setup/fetch_weights.sh has not been run. CI runs it, so there these tests really run.
-fn pretrained() -> Option<PathBuf> {
+pub(crate) fn pretrained() -> Option<PathBuf> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(PRETRAINED);
     if path.is_file() {
         return Some(path);

@@ -174,7 +174,16 @@ impl Folder<'_> {
         let b1 = self.source.tensor(&format!("{key}.fc1.bias"), &[squeeze])?;
         let fc2 = self.source.tensor(&format!("{key}.fc2.weight"), &[channels, squeeze, 1, 1])?;
         let b2 = self.source.tensor(&format!("{key}.fc2.bias"), &[channels])?;
-        self.layers.push(FoldedLayer::SqueezeExcite(FoldedSqueezeExcite { key, map, channels, squeeze, fc1, b1, fc2, b2 }));
+        self.layers.push(FoldedLayer::SqueezeExcite(FoldedSqueezeExcite {
+            key,
+            map,
+            channels,
+            squeeze,
+            fc1,
+            b1,
+            fc2,
+            b2,
+        }));
         Ok(())
     }
 

@@ -68,7 +68,14 @@ impl Calibrator {
         }
         let net = Network::from_folded(folded, isa).unfused();
         let empty = MapRange { min: f32::INFINITY, max: f32::NEG_INFINITY, reservoir: Vec::new(), offered: 0 };
-        Calibrator { net, ws: None, method, ranges: vec![empty; folded.maps.len()], images: 0, rng: 0x2545_F491_4F6C_DD1D }
+        Calibrator {
+            net,
+            ws: None,
+            method,
+            ranges: vec![empty; folded.maps.len()],
+            images: 0,
+            rng: 0x2545_F491_4F6C_DD1D,
+        }
     }
 
     /// Images seen so far.
@@ -215,7 +222,14 @@ pub fn sqnr_report(
         .map(|m| {
             let q = quant.activations[m];
             let sqnr_db = if noise[m] == 0.0 { f64::INFINITY } else { 10.0 * (signal[m] / noise[m]).log10() };
-            LayerError { map: m, layer: names[m].0.clone(), kind: names[m].1, scale: q.scale, zero_point: q.zero_point, sqnr_db }
+            LayerError {
+                map: m,
+                layer: names[m].0.clone(),
+                kind: names[m].1,
+                scale: q.scale,
+                zero_point: q.zero_point,
+                sqnr_db,
+            }
         })
         .collect()
 }

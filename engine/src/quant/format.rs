@@ -90,7 +90,12 @@ pub fn to_bytes(
                 let shape = vec![c.cout, per_group, c.kernel, c.kernel];
                 let values = q.values.iter().map(|&v| v as u8).collect();
                 tensors.push((format!("{}.weight", c.key), safetensors::Dtype::I8, shape, values));
-                tensors.push((format!("{}.weight_scale", c.key), safetensors::Dtype::F32, vec![c.cout], f32_bytes(&q.scales)));
+                tensors.push((
+                    format!("{}.weight_scale", c.key),
+                    safetensors::Dtype::F32,
+                    vec![c.cout],
+                    f32_bytes(&q.scales),
+                ));
                 tensors.push((format!("{}.bias", c.key), safetensors::Dtype::F32, vec![c.cout], f32_bytes(&c.bias)));
             }
             FoldedLayer::SqueezeExcite(se) => {
@@ -168,7 +173,8 @@ pub fn from_bytes(path: &std::path::Path, bytes: &[u8]) -> Result<(QuantModel, I
         serde_json::from_str(spec_json).map_err(|e| bad(format!("bad '{CONFIG_METADATA_KEY}' metadata: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| bad(format!("not a safetensors file or truncated: {e}")))?;
-    let mut source = FileSource { st: &st, used: Default::default(), weights: Vec::new(), qmax: (1 << (meta.weight_bits - 1)) - 1 };
+    let mut source =
+        FileSource { st: &st, used: Default::default(), weights: Vec::new(), qmax: (1 << (meta.weight_bits - 1)) - 1 };
     let folded = FoldedModel::fold(&spec, &mut source).map_err(|e| bad(e.to_string()))?;
     if meta.maps.len() != folded.maps.len() {
         return Err(bad(format!(
@@ -206,7 +212,11 @@ impl FileSource<'_> {
             return Err(EngineError::Spec(format!("tensor '{key}' is {:?}, expected {dtype:?}", view.dtype())));
         }
         if view.shape() != shape {
-            return Err(EngineError::Shape { key: key.to_string(), expected: shape.to_vec(), found: view.shape().to_vec() });
+            return Err(EngineError::Shape {
+                key: key.to_string(),
+                expected: shape.to_vec(),
+                found: view.shape().to_vec(),
+            });
         }
         self.used.insert(key.to_string());
         Ok(view.data())
@@ -236,7 +246,10 @@ impl FoldSource for FileSource<'_> {
         }
         let scales = self.f32s(&format!("{conv}.weight_scale"), &[cout])?;
         if let Some(i) = scales.iter().position(|&s| s <= 0.0) {
-            return Err(EngineError::Spec(format!("tensor '{conv}.weight_scale': scale {} at {i} is not positive", scales[i])));
+            return Err(EngineError::Spec(format!(
+                "tensor '{conv}.weight_scale': scale {} at {i} is not positive",
+                scales[i]
+            )));
         }
         let bias = self.f32s(&format!("{conv}.bias"), &[cout])?;
         let q = QuantizedWeights { per_channel: values.len() / cout, values, scales, out_channels: cout };
@@ -250,7 +263,8 @@ impl FoldSource for FileSource<'_> {
     }
 
     fn finish(&self) -> Result<()> {
-        let unused: Vec<String> = self.st.names().into_iter().filter(|k| !self.used.contains(*k)).map(str::to_string).collect();
+        let unused: Vec<String> =
+            self.st.names().into_iter().filter(|k| !self.used.contains(*k)).map(str::to_string).collect();
         match unused.iter().min() {
             None => Ok(()),
             Some(example) => Err(EngineError::UnexpectedTensors { count: unused.len(), example: example.clone() }),

@@ -19,6 +19,7 @@ use crate::simd::{pad_channels, Isa};
 use super::depthwise::{depthwise_u8, PackedDepthwise};
 use super::gemm::{gemm_u8s8_store, PackedB};
 use super::isa::Int8Isa;
+use super::maps;
 use super::scheme::{quantize_weights, ActivationQuant, QuantizedWeights, Requant, WEIGHT_QMAX, WEIGHT_QMAX_7BIT};
 
 /// A model quantised: the folded model (its conv weights replaced by the dequantised int8 ones,
@@ -106,16 +107,40 @@ struct QMap {
 enum ConvKind {
     /// 1x1: a GEMM over the map's pixels.
     Pointwise(PackedB),
-    Depthwise { weights: PackedDepthwise, kernel: usize, stride: usize },
+    Depthwise {
+        weights: PackedDepthwise,
+        kernel: usize,
+        stride: usize,
+    },
     /// A full conv (the stem): its input windows copied into rows (im2col), then a GEMM.
-    Im2col { b: PackedB, cin: usize, kernel: usize, stride: usize },
+    Im2col {
+        b: PackedB,
+        cin: usize,
+        kernel: usize,
+        stride: usize,
+    },
 }
 
 #[derive(Debug)]
 enum QLayer {
-    Conv { input: usize, output: usize, residual: Option<usize>, kind: ConvKind, req: Requant },
-    /// Rescales its map in place (f32 fully connected layers on the pooled map).
-    SqueezeExcite { map: usize, channels: usize, squeeze: usize, fc1: Vec<f32>, b1: Vec<f32>, fc2: Vec<f32>, b2: Vec<f32> },
+    Conv {
+        input: usize,
+        output: usize,
+        residual: Option<usize>,
+        kind: ConvKind,
+        req: Requant,
+    },
+    /// Rescales its map in place (f32 fully connected layers on the pooled map); the weights
+    /// transposed (`fc1t`: `[channels][squeeze]`, `fc2t`: `[squeeze][channels]`).
+    SqueezeExcite {
+        map: usize,
+        channels: usize,
+        squeeze: usize,
+        fc1t: Vec<f32>,
+        b1: Vec<f32>,
+        fc2t: Vec<f32>,
+        b2: Vec<f32>,
+    },
 }
 
 /// The lowered int8 model.
@@ -179,9 +204,9 @@ impl QuantNetwork {
                     map: se.map,
                     channels: se.channels,
                     squeeze: se.squeeze,
-                    fc1: se.fc1.clone(),
+                    fc1t: transpose(&se.fc1, se.squeeze, se.channels),
                     b1: se.b1.clone(),
-                    fc2: se.fc2.clone(),
+                    fc2t: transpose(&se.fc2, se.channels, se.squeeze),
                     b2: se.b2.clone(),
                 },
             })
@@ -253,7 +278,7 @@ impl QuantNetwork {
             self.run_layer(layer, ws);
         }
         let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
-        mean_pool_u8(&ws.maps[self.features], g, m.channels, m.q, pooled);
+        maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, pooled);
     }
 
     /// Runs one image and returns every map's final values, dequantised (interior, real
@@ -326,7 +351,7 @@ impl QuantNetwork {
         for y in 0..h {
             let row = &mut buf[g.offset(y, 0)..][..w * g.c];
             for ch in 0..c {
-                quantize_slice(self.isa, &image[ch * plane + y * w..][..w], q, &mut line);
+                maps::quantize_slice(self.isa, &image[ch * plane + y * w..][..w], q, &mut line);
                 for (px, &v) in row.chunks_exact_mut(g.c).zip(&line) {
                     px[ch] = v;
                 }
@@ -342,9 +367,17 @@ impl QuantNetwork {
                 // out of the workspace for the call.
                 let mut out = std::mem::take(&mut ws.maps[*output]);
                 match kind {
-                    ConvKind::Depthwise { weights, stride, .. } => {
-                        depthwise_u8(self.isa, &ws.maps[*input], in_g, weights, *stride, req, &mut out, out_g, 0..out_g.h)
-                    }
+                    ConvKind::Depthwise { weights, stride, .. } => depthwise_u8(
+                        self.isa,
+                        &ws.maps[*input],
+                        in_g,
+                        weights,
+                        *stride,
+                        req,
+                        &mut out,
+                        out_g,
+                        0..out_g.h,
+                    ),
                     ConvKind::Pointwise(b) => {
                         let res = residual.map(|r| (&ws.maps[r][..], ws.geoms[r]));
                         gemm_map(self.isa, &ws.maps[*input], in_g, b, req, res, &mut out, out_g);
@@ -352,31 +385,17 @@ impl QuantNetwork {
                     ConvKind::Im2col { b, cin, kernel, stride } => {
                         let k = b.k();
                         let cols = &mut ws.cols[..out_g.h * out_g.w * k];
-                        im2col(&ws.maps[*input], in_g, *cin, *kernel, *stride, out_g, cols);
+                        maps::im2col(&ws.maps[*input], in_g, *cin, *kernel, *stride, out_g, cols);
                         let cols_g = MapGeom { h: out_g.h, w: out_g.w, c: k, pad: 0 };
                         gemm_map(self.isa, cols, cols_g, b, req, None, &mut out, out_g);
                     }
                 }
                 ws.maps[*output] = out;
             }
-            QLayer::SqueezeExcite { map, channels, squeeze, fc1, b1, fc2, b2 } => {
+            QLayer::SqueezeExcite { map, channels, squeeze, fc1t, b1, fc2t, b2 } => {
                 let (g, q) = (ws.geoms[*map], self.maps[*map].q);
-                let mut pooled = vec![0.0f32; *channels];
-                mean_pool_u8(&ws.maps[*map], g, *channels, q, &mut pooled);
-                let s: Vec<f32> = (0..*squeeze)
-                    .map(|j| {
-                        let row = &fc1[j * channels..(j + 1) * channels];
-                        (b1[j] + row.iter().zip(&pooled).map(|(w, x)| w * x).sum::<f32>()).max(0.0)
-                    })
-                    .collect();
-                let gate: Vec<f32> = (0..*channels)
-                    .map(|c| {
-                        let row = &fc2[c * squeeze..(c + 1) * squeeze];
-                        let x = b2[c] + row.iter().zip(&s).map(|(w, x)| w * x).sum::<f32>();
-                        crate::reference::activate(x, Some(Activation::Hardsigmoid))
-                    })
-                    .collect();
-                rescale_u8(&mut ws.maps[*map], g, q.zero_point, &gate);
+                let se = maps::SqueezeExcite { channels: *channels, squeeze: *squeeze, fc1t, b1, fc2t, b2 };
+                maps::squeeze_excite(self.isa, &se, &mut ws.maps[*map], g, q);
             }
         }
     }
@@ -408,7 +427,9 @@ impl QuantNetwork {
                 in_network[i + 1].push(timed(&mut || self.run_layer(layer, ws)));
             }
             let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
-            in_network[steps - 2].push(timed(&mut || mean_pool_u8(&ws.maps[self.features], g, m.channels, m.q, &mut pooled)));
+            in_network[steps - 2].push(timed(&mut || {
+                maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, &mut pooled)
+            }));
             in_network[steps - 1].push(timed(&mut || self.head(&pooled, 1, &mut logits)));
         }
         let mut alone = vec![Vec::new(); steps];
@@ -422,7 +443,9 @@ impl QuantNetwork {
         }
         for _ in 0..runs {
             let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
-            alone[steps - 2].push(timed(&mut || mean_pool_u8(&ws.maps[self.features], g, m.channels, m.q, &mut pooled)));
+            alone[steps - 2].push(timed(&mut || {
+                maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, &mut pooled)
+            }));
             alone[steps - 1].push(timed(&mut || self.head(&pooled, 1, &mut logits)));
         }
         let area = |m: usize| ws.geoms[m].h * ws.geoms[m].w;
@@ -436,7 +459,12 @@ impl QuantNetwork {
                     let res = residual.map_or(0, |r| area(r) * ch(r));
                     match kind {
                         ConvKind::Pointwise(b) => (
-                            format!("int8 pointwise {}->{}{}", ch(*input), ch(*output), if residual.is_some() { " +res" } else { "" }),
+                            format!(
+                                "int8 pointwise {}->{}{}",
+                                ch(*input),
+                                ch(*output),
+                                if residual.is_some() { " +res" } else { "" }
+                            ),
                             out_hw,
                             a_out * ch(*input),
                             area(*input) * ch(*input) + a_out + res + b.k() * b.n(),
@@ -513,36 +541,11 @@ fn lower_conv(c: &FoldedConv, q: &QuantizedWeights, maps: &[QMap]) -> QLayer {
     } else {
         // im2col columns in (tap, input channel) order; the weights are [out][in][tap].
         let (cin, taps) = (c.cin, c.kernel * c.kernel);
-        let b = PackedB::pack_with(taps * cin, c.cout, |kk, j| q.values[j * q.per_channel + (kk % cin) * taps + kk / cin]);
+        let b =
+            PackedB::pack_with(taps * cin, c.cout, |kk, j| q.values[j * q.per_channel + (kk % cin) * taps + kk / cin]);
         ConvKind::Im2col { b, cin, kernel: c.kernel, stride: c.stride }
     };
     QLayer::Conv { input: c.input, output: c.output, residual: c.residual, kind, req }
-}
-
-/// The input windows of a `kernel` x `kernel` conv (stride `stride`) over `cin` channels of
-/// `input`, one row of `kernel²·cin` bytes per output pixel (tap-major).
-fn im2col(input: &[u8], g: MapGeom, cin: usize, kernel: usize, stride: usize, out_g: MapGeom, cols: &mut [u8]) {
-    let pad = (kernel - 1) / 2;
-    let k = kernel * kernel * cin;
-    let row_stride = g.row_stride();
-    for oy in 0..out_g.h {
-        for ox in 0..out_g.w {
-            let dst = &mut cols[(oy * out_g.w + ox) * k..][..k];
-            for ky in 0..kernel {
-                let iy = oy * stride + ky + g.pad - pad;
-                let src = &input[iy * row_stride + (ox * stride + g.pad - pad) * g.c..];
-                let row = &mut dst[ky * kernel * cin..(ky + 1) * kernel * cin];
-                if g.c == cin {
-                    // Unpadded channels (the image): the window's row is contiguous.
-                    row.copy_from_slice(&src[..kernel * cin]);
-                } else {
-                    for kx in 0..kernel {
-                        row[kx * cin..(kx + 1) * cin].copy_from_slice(&src[kx * g.c..kx * g.c + cin]);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// A 1x1 conv as a GEMM over the pixels of `a` (geometry `a_g`, `b.k()` channels read), stored
@@ -570,65 +573,13 @@ fn gemm_map(
     }
 }
 
-/// `dst[i] = q.quantize(src[i])`, compiled for the vector ISA so that the division and rounding
-/// vectorise (the same IEEE operations, so the same bytes).
-fn quantize_slice(isa: Int8Isa, src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
-    #[inline(always)]
-    fn plain(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
-        let (scale, zp) = (q.scale, q.zero_point as f32);
-        for (d, &x) in dst.iter_mut().zip(src) {
-            *d = ((x / scale).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
+/// `m` (`rows` x `cols`, row-major) transposed.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0.0; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
         }
     }
-    #[cfg(engine_x86)]
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    unsafe fn avx512(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
-        plain(src, q, dst)
-    }
-    #[cfg(engine_x86)]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2(src: &[f32], q: ActivationQuant, dst: &mut [u8]) {
-        plain(src, q, dst)
-    }
-    debug_assert!(isa.is_available());
-    match isa {
-        // SAFETY: a network only holds an Int8Isa this CPU has (checked where it is chosen).
-        #[cfg(engine_x86)]
-        Int8Isa::Vnni512 => unsafe { avx512(src, q, dst) },
-        #[cfg(engine_x86)]
-        Int8Isa::Avx2 => unsafe { avx2(src, q, dst) },
-        _ => plain(src, q, dst),
-    }
-}
-
-/// The mean of each of the first `channels` channels of a u8 map, dequantised (exact integer
-/// sums, one rounding per channel).
-fn mean_pool_u8(map: &[u8], g: MapGeom, channels: usize, q: ActivationQuant, pooled: &mut [f32]) {
-    let mut sums = vec![0i64; channels];
-    for y in 0..g.h {
-        for x in 0..g.w {
-            let px = &map[g.offset(y, x)..][..channels];
-            for (s, &v) in sums.iter_mut().zip(px) {
-                *s += v as i64;
-            }
-        }
-    }
-    let n = (g.h * g.w) as i64;
-    for (p, &s) in pooled.iter_mut().zip(&sums) {
-        *p = (s - n * q.zero_point as i64) as f32 * q.scale / n as f32;
-    }
-}
-
-/// Squeeze-excite's rescaling in place: each channel's real values times `gate[c]`, on the
-/// map's own grid (`round((q - zp)·gate) + zp`).
-fn rescale_u8(map: &mut [u8], g: MapGeom, zero_point: u8, gate: &[f32]) {
-    let zp = zero_point as f32;
-    for y in 0..g.h {
-        for x in 0..g.w {
-            let px = &mut map[g.offset(y, x)..][..gate.len()];
-            for (v, &s) in px.iter_mut().zip(gate) {
-                *v = (((*v as f32 - zp) * s).round_ties_even() + zp).clamp(0.0, 255.0) as u8;
-            }
-        }
-    }
+    t
 }

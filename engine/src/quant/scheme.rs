@@ -152,7 +152,15 @@ impl Requant {
             b.push((qb - input.zero_point as i64 * sums[c] as i64) as i32);
             multiplier.push((acc_scale / output.scale as f64) as f32);
         }
-        Requant { bias: b, multiplier, out_zero_point: output.zero_point, lo: 0, hi: 255, hardswish: None, residual: None }
+        Requant {
+            bias: b,
+            multiplier,
+            out_zero_point: output.zero_point,
+            lo: 0,
+            hi: 255,
+            hardswish: None,
+            residual: None,
+        }
     }
 
     /// Clamps the output to the quantised image of `[lo, hi]` in real units (ReLU: `lo = 0`;
@@ -180,7 +188,16 @@ impl Requant {
     #[inline]
     pub fn apply(&self, acc: i32, c: usize) -> u8 {
         debug_assert!(self.residual.is_none(), "a residual layer needs apply_with_residual");
-        requantize_full(acc, self.bias[c], self.multiplier[c], self.out_zero_point, self.lo, self.hi, self.hardswish, None)
+        requantize_full(
+            acc,
+            self.bias[c],
+            self.multiplier[c],
+            self.out_zero_point,
+            self.lo,
+            self.hi,
+            self.hardswish,
+            None,
+        )
     }
 
     /// Channel `c`'s output for accumulator `acc` and residual value `r` (ignored without a
@@ -188,7 +205,16 @@ impl Requant {
     #[inline]
     pub fn apply_with_residual(&self, acc: i32, c: usize, r: u8) -> u8 {
         let res = self.residual.map(|q| (r, q));
-        requantize_full(acc, self.bias[c], self.multiplier[c], self.out_zero_point, self.lo, self.hi, self.hardswish, res)
+        requantize_full(
+            acc,
+            self.bias[c],
+            self.multiplier[c],
+            self.out_zero_point,
+            self.lo,
+            self.hi,
+            self.hardswish,
+            res,
+        )
     }
 }
 

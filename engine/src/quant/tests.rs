@@ -79,7 +79,10 @@ fn int8_network_matches_the_fake_quantised_reference() {
                         assert_eq!(got.len(), want.len(), "{arch:?} layer {i}");
                         for (j, (a, b)) in got.iter().zip(want).enumerate() {
                             let d = (a - b).abs();
-                            assert!(d <= 1.01 * step, "{arch:?} {bits:?} {isa} layer {i} value {j}: {a} vs {b}, step {step}");
+                            assert!(
+                                d <= 1.01 * step,
+                                "{arch:?} {bits:?} {isa} layer {i} value {j}: {a} vs {b}, step {step}"
+                            );
                             off += (d > 0.5 * step) as usize;
                             total += 1;
                         }
@@ -91,7 +94,10 @@ fn int8_network_matches_the_fake_quantised_reference() {
                     net.head(&pooled, 1, &mut logits);
                     let range = want_logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                     for (a, b) in logits.iter().zip(&want_logits) {
-                        assert!((a - b).abs() <= 0.02 * range, "{arch:?} {bits:?} {isa}: logits {logits:?} vs {want_logits:?}");
+                        assert!(
+                            (a - b).abs() <= 0.02 * range,
+                            "{arch:?} {bits:?} {isa}: logits {logits:?} vs {want_logits:?}"
+                        );
                     }
                     eprintln!("{arch:?} {bits:?} {isa}: teacher-forced {off}/{total} values a step off");
                     per_isa.push(logits);

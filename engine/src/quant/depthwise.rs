@@ -19,7 +19,13 @@
 //!   in one dword per channel, so a pixel is three `vpdpbusd` per 16 channels; the columns are interleaved in registers as the
 //!   pixels go (stride 1 carries two columns to the next pixel, stride 2 one), 64 channels at a
 //!   time with the block's weights held in registers; no scratch.
-//! - AVX-512 5x5 and AVX2: a row step (two output rows at stride 1, sharing their input rows,
+//! - AVX2 3x3 with 7-bit weights (every weight in `[-64, 63]`, what an AVX2-only CPU's network
+//!   quantises to): the same four-row dwords on 32-channel blocks, each summed by `vpmaddubsw`
+//!   (two u8 · s8 products per i16: at most 2·255·64 = 32640, so it never saturates) and
+//!   `vpmaddwd` with ones; each 8-channel sub-vector rolls along the row on its own (sixteen
+//!   registers hold one sub-vector's weights and columns, not a block's), its accumulators
+//!   kept for the store, which packs the block's four. No input scratch.
+//! - AVX-512 5x5 and AVX2 otherwise: a row step (two output rows at stride 1, sharing their input rows,
 //!   one at stride 2) interleaves a chunk of columns, every block of 64 / 32 channels, into an
 //!   L1 scratch, then computes tiles of pixels from there.
 //!
@@ -59,6 +65,9 @@ pub struct PackedDepthwise {
     quads: [Vec<i8>; 2],
     /// AVX2 (`vpmaddwd` i16 pairs), the same way.
     pairs: [Vec<i16>; 2],
+    /// AVX2 with 7-bit weights (every weight in `[-64, 63]`): `vpmaddubsw` quads in 32-channel
+    /// blocks, the same way; empty for other weights.
+    quads7: [Vec<i8>; 2],
 }
 
 impl PackedDepthwise {
@@ -81,17 +90,24 @@ impl PackedDepthwise {
             c_pad,
             quads: [Vec::new(), Vec::new()],
             pairs: [Vec::new(), Vec::new()],
+            quads7: [Vec::new(), Vec::new()],
         };
         // Only the layouts this CPU's kernels read (kernels 3 and 5 only: others run the
         // portable kernel).
         if (kernel == 3 || kernel == 5) && c_pad.is_multiple_of(16) {
             let isas = Int8Isa::all_available();
+            // `vpmaddubsw` sums two u8 · s8 products in i16: exact when |w| ≤ 64 (2·255·64 =
+            // 32640).
+            let seven_bit = q.values.iter().all(|&v| (-64..=63).contains(&v));
             for rows in 1..=2 {
                 if isas.contains(&Int8Isa::Vnni512) {
                     packed.quads[rows - 1] = pack_groups(&packed, 4, 64, rows, |v| v);
                 }
                 if isas.contains(&Int8Isa::Avx2) {
                     packed.pairs[rows - 1] = pack_groups(&packed, 2, 32, rows, |v| v as i16);
+                    if seven_bit {
+                        packed.quads7[rows - 1] = pack_groups(&packed, 4, 32, rows, |v| v);
+                    }
                 }
             }
         }
@@ -620,6 +636,9 @@ mod x86 {
     /// Only where AVX2 was detected; as [`run_zmm`] otherwise.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn run_ymm(call: &Call) {
+        if call.w.kernel == 3 && !call.w.quads7[0].is_empty() {
+            return drive7(call);
+        }
         drive::<Ymm>(call, call.w.pairs[0].as_ptr() as *const u8, call.w.pairs[1].as_ptr() as *const u8)
     }
 
@@ -1075,6 +1094,262 @@ mod x86 {
             }
         }
     }
+
+    /// Output pixels per chunk of the 7-bit AVX2 kernel: its accumulators wait in `acc7` (R·4
+    /// vectors a pixel) while the sub-vectors are computed one after another.
+    const CHUNK7: usize = 32;
+
+    /// Input rows per group of the 7-bit kernel (the rest of [`groups`]'s slots are zero rows).
+    const fn live_rows7(k: usize, rows: usize, g: usize) -> usize {
+        match (k, rows, g) {
+            (3, 1, _) => 3,
+            (5, 1, 1) => 1,
+            (5, 2, 1) => 2,
+            _ => 4,
+        }
+    }
+
+    /// AVX2 with 7-bit weights: the `vpdpbusd` layout of [`rows_k3`] (four input rows per
+    /// channel dword) on 32-channel blocks, each quad summed by `vpmaddubsw` (two u8 · s8
+    /// products per i16, exact for |w| ≤ 64) and `vpmaddwd` with ones. Sixteen registers do not
+    /// hold a block's columns, weights and accumulators, so each sub-vector (8 channels) rolls
+    /// along the row on its own, its weights in registers, its columns interleaved in registers
+    /// as the pixels go; the accumulators go to `acc7` and the store packs all four from there.
+    ///
+    /// # Safety
+    /// As [`run_ymm`], with 7-bit weights packed (`quads7`).
+    #[target_feature(enable = "avx2")]
+    unsafe fn drive7(call: &Call) {
+        let w = call.w;
+        let (k, stride, c_pad) = (w.kernel, call.stride, w.c_pad);
+        let pad = (k - 1) / 2;
+        let blocks = c_pad.div_ceil(32);
+        let mut bias = vec![0i32; blocks * 32];
+        let mut mult = vec![0f32; blocks * 32];
+        for c in 0..w.channels {
+            bias[permuted(c, 32, c_pad)] = call.req.bias[c];
+            mult[permuted(c, 32, c_pad)] = call.req.multiplier[c];
+        }
+        let mut acc7 = vec![_mm256_setzero_si256(); CHUNK7 * 2 * 4];
+        let job = Job {
+            input: call.input.as_ptr(),
+            in_rs: call.in_geom.row_stride(),
+            in_y0: call.in_geom.pad - pad,
+            in_x0: call.in_geom.pad - pad,
+            c_pad,
+            channels: w.channels,
+            blocks: w.channels.div_ceil(32),
+            group: 1,
+            output: call.output,
+            out_geom: call.out_geom,
+            chunk: CHUNK7,
+            cols: 0,
+            bias: bias.as_ptr(),
+            mult: mult.as_ptr(),
+            scratch: acc7.as_mut_ptr() as *mut u8,
+        };
+        let req = call.req;
+        let c = Consts::<Ymm> {
+            out_scale: Ymm::splat(req.hardswish.unwrap_or(0.0)),
+            three: Ymm::splat(3.0),
+            six: Ymm::splat(6.0),
+            zero: Ymm::splat(0.0),
+            sixth: Ymm::splat(HARDSWISH_SIXTH),
+            hi_zp: Ymm::splat(req.hi as f32 - req.out_zero_point as f32),
+            clamp_hi: !conversion_is_safe(req, w.channels, k * k),
+            hi: Ymm::splat8(req.hi),
+            zp: Ymm::splat16(req.out_zero_point as i16),
+            lo: Ymm::splat8(req.lo),
+        };
+        let (y0, y1) = (call.rows.start, call.rows.end);
+        let (w1, w2) = (w.quads7[0].as_ptr(), w.quads7[1].as_ptr());
+        let hs = req.hardswish.is_some();
+        macro_rules! steps {
+            ($k:literal, $ng1:literal, $ng2:literal) => {{
+                if stride == 1 {
+                    let pairs_end = y0 + (y1 - y0) / 2 * 2;
+                    if hs {
+                        rows7::<$k, 1, 2, $ng2, true>(&job, w2, &c, y0, pairs_end);
+                        rows7::<$k, 1, 1, $ng1, true>(&job, w1, &c, pairs_end, y1);
+                    } else {
+                        rows7::<$k, 1, 2, $ng2, false>(&job, w2, &c, y0, pairs_end);
+                        rows7::<$k, 1, 1, $ng1, false>(&job, w1, &c, pairs_end, y1);
+                    }
+                } else if hs {
+                    rows7::<$k, 2, 1, $ng1, true>(&job, w1, &c, y0, y1);
+                } else {
+                    rows7::<$k, 2, 1, $ng1, false>(&job, w1, &c, y0, y1);
+                }
+            }};
+        }
+        match k {
+            3 => steps!(3, 1, 1),
+            5 => steps!(5, 2, 2),
+            _ => unreachable!("kernel {k}"),
+        }
+        drop((acc7, bias, mult));
+    }
+
+    /// Row steps of `R` output rows (see [`drive7`]).
+    #[inline(always)]
+    unsafe fn rows7<const K: usize, const S: usize, const R: usize, const NG: usize, const HS: bool>(
+        job: &Job,
+        weights: *const i8,
+        c: &Consts<Ymm>,
+        y0: usize,
+        y1: usize,
+    ) {
+        let slots = groups(4, K, R);
+        debug_assert_eq!(slots.len(), NG);
+        let out_w = job.out_geom.w;
+        let acc7 = job.scratch as *mut __m256i;
+        let mut oy = y0;
+        while oy < y1 {
+            // Each group's rows at column 0 (null: a zero row, always after the real ones).
+            let mut src = [[std::ptr::null::<u8>(); 4]; NG];
+            for (src, slot) in src.iter_mut().zip(slots) {
+                for (p, y) in src.iter_mut().zip(slot) {
+                    if let Some(y) = y {
+                        *p = job.input.add((job.in_y0 + oy * S + y) * job.in_rs + job.in_x0 * job.c_pad);
+                    }
+                }
+            }
+            let mut x0 = 0;
+            while x0 < out_w {
+                let n = CHUNK7.min(out_w - x0);
+                for b in 0..job.blocks {
+                    let c0 = b * 32;
+                    let live_out = (job.channels - c0).min(32);
+                    let wb = weights.add(b * NG * R * K * 4 * 32);
+                    let bias = job.bias.add(c0) as *const __m256i;
+                    let live_in = (job.c_pad - c0).min(32);
+                    macro_rules! subs {
+                        ($nat:literal, $($sub:literal)*) => {{
+                            $(
+                                roll7::<K, S, R, NG, $sub, $nat>(
+                                    job, &src, c0, live_in, wb, _mm256_loadu_si256(bias.add($sub)), x0, n, acc7,
+                                );
+                            )*
+                            const NS: usize = [$($sub),*].len();
+                            for xi in 0..n {
+                                for r in 0..R {
+                                    let at = acc7.add((xi * R + r) * 4);
+                                    let mut acc = [_mm256_setzero_si256(); NS];
+                                    for (s, acc) in acc.iter_mut().enumerate() {
+                                        *acc = _mm256_loadu_si256(at.add(s));
+                                    }
+                                    let dst = job.output.add(job.out_geom.offset(oy + r, x0 + xi) + c0);
+                                    finish::<Ymm, HS, NS, $nat>(&acc, job.mult.add(c0), c, dst, live_out);
+                                }
+                            }
+                        }};
+                    }
+                    match live_in {
+                        32 => subs!(false, 0 1 2 3),
+                        16 => subs!(true, 0 1),
+                        _ => unreachable!("channel stride {} not a multiple of 16", job.c_pad),
+                    }
+                }
+                x0 += n;
+            }
+            oy += R;
+        }
+    }
+
+    /// Sub-vector `SUB` of one interleaved column: its groups' rows at byte `at` (a short
+    /// block's: `live` bytes, transposed to channel order).
+    #[inline(always)]
+    unsafe fn column7<const K: usize, const R: usize, const NG: usize, const SUB: usize, const NATURAL: bool>(
+        src: &[[*const u8; 4]; NG],
+        at: usize,
+        live: usize,
+    ) -> [__m256i; NG] {
+        let z = _mm256_setzero_si256();
+        let mut out = [z; NG];
+        for (g, (out, src)) in out.iter_mut().zip(src).enumerate() {
+            let live_rows = live_rows7(K, R, g);
+            let mut r = [z; 4];
+            for (j, r) in r.iter_mut().enumerate().take(live_rows) {
+                *r = if NATURAL {
+                    Ymm::to_natural_rows(Ymm::load_in(src[j].add(at), live))
+                } else {
+                    _mm256_loadu_si256(src[j].add(at) as *const __m256i)
+                };
+            }
+            let (a, b) = if SUB < 2 {
+                (_mm256_unpacklo_epi8(r[0], r[1]), _mm256_unpacklo_epi8(r[2], r[3]))
+            } else {
+                (_mm256_unpackhi_epi8(r[0], r[1]), _mm256_unpackhi_epi8(r[2], r[3]))
+            };
+            *out = if SUB.is_multiple_of(2) { _mm256_unpacklo_epi16(a, b) } else { _mm256_unpackhi_epi16(a, b) };
+        }
+        out
+    }
+
+    /// Pixels `x0..x0 + n` of the row step, sub-vector `SUB` of block `c0`: the raw
+    /// accumulators (bias included) into `acc7` (`[pixel][row][sub-vector]`).
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn roll7<
+        const K: usize,
+        const S: usize,
+        const R: usize,
+        const NG: usize,
+        const SUB: usize,
+        const NATURAL: bool,
+    >(
+        job: &Job,
+        src: &[[*const u8; 4]; NG],
+        c0: usize,
+        live_in: usize,
+        wb: *const i8,
+        bias: __m256i,
+        x0: usize,
+        n: usize,
+        acc7: *mut __m256i,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut w = [[[_mm256_setzero_si256(); K]; R]; NG];
+        for g in 0..NG {
+            for r in 0..R {
+                for kx in 0..K {
+                    w[g][r][kx] = _mm256_loadu_si256(wb.add((((g * R + r) * K + kx) * 4 + SUB) * 32) as *const __m256i);
+                }
+            }
+        }
+        let column = |col: usize| column7::<K, R, NG, SUB, NATURAL>(src, col * job.c_pad + c0, live_in);
+        // The window: columns S·x .. S·x + K of each group (the first K - S carried over).
+        let mut win = [[_mm256_setzero_si256(); K]; NG];
+        for kx in 0..K - S {
+            let col = column(S * x0 + kx);
+            for g in 0..NG {
+                win[g][kx + S] = col[g];
+            }
+        }
+        for x in x0..x0 + n {
+            for kx in 0..K - S {
+                for g in 0..NG {
+                    win[g][kx] = win[g][kx + S];
+                }
+            }
+            for kx in K - S..K {
+                let col = column(S * x + kx);
+                for g in 0..NG {
+                    win[g][kx] = col[g];
+                }
+            }
+            for r in 0..R {
+                let mut acc = bias;
+                for g in 0..NG {
+                    for kx in 0..K {
+                        let p = _mm256_maddubs_epi16(win[g][kx], w[g][r][kx]);
+                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+                    }
+                }
+                _mm256_storeu_si256(acc7.add(((x - x0) * R + r) * 4 + SUB), acc);
+            }
+        }
+    }
 }
 
 /// One kernel's time at one shape (see [`speed_probe`]).
@@ -1087,13 +1362,18 @@ pub struct DepthwiseSpeed {
     pub ms: f64,
     /// The fastest round (steadier than the median on a busy machine).
     pub min_ms: f64,
+    /// The mean round.
+    pub mean_ms: f64,
 }
 
 /// The speed probe: the int8 depthwise conv on every int8 ISA this CPU has, and the f32 one
 /// (`crate::kernels::depthwise`, ReLU6 fused) on every vector f32 ISA, at an `h × w × c` input,
 /// `k`x`k`, stride `stride`, one thread. `runs` rounds, each running every kernel once (so a
 /// busy machine's noise hits all of them alike); the median per kernel. The int8 layer clamps
-/// as a fused ReLU6 does. `portable`: the portable int8 kernel too.
+/// as a fused ReLU6 does. `portable`: the portable int8 kernel too. The int8 weights are 8-bit;
+/// `seven_bit` adds every int8 kernel again with 7-bit weights (`int8 <isa> w7`: what an
+/// AVX2-only CPU's network quantises to, see [`crate::quant::WeightBits`]).
+#[allow(clippy::too_many_arguments)]
 pub fn speed_probe(
     h: usize,
     w: usize,
@@ -1102,6 +1382,7 @@ pub fn speed_probe(
     stride: usize,
     runs: usize,
     portable: bool,
+    seven_bit: bool,
 ) -> Vec<DepthwiseSpeed> {
     use super::scheme::ActivationQuant;
     use crate::kernels::{self, Conv};
@@ -1134,9 +1415,11 @@ pub fn speed_probe(
         out_channels: c,
         per_channel: k * k,
     };
-    let packed = PackedDepthwise::new(&q, k, c_pad);
+    // The same weights halved: 7 bits.
+    let q7 = QuantizedWeights { values: q.values.iter().map(|&v| v >> 1).collect(), ..q.clone() };
+    let packed = [PackedDepthwise::new(&q, k, c_pad), PackedDepthwise::new(&q7, k, c_pad)];
     let output_q = ActivationQuant { scale: 0.03, zero_point: 40 };
-    let req = Requant::new(input_q, &q, None, output_q).with_clamp(output_q, Some(0.0), Some(6.0));
+    let req = [&q, &q7].map(|q| Requant::new(input_q, q, None, output_q).with_clamp(output_q, Some(0.0), Some(6.0)));
     let mut y8 = vec![0u8; out_geom.len()];
     // f32 operands.
     let xf: Vec<f32> = (0..in_geom.len()).map(|i| (i % 29) as f32 * 0.03 - 0.4).collect();
@@ -1157,14 +1440,20 @@ pub fn speed_probe(
         out_geom,
         out_row0: 0,
     };
-    let int8: Vec<Int8Isa> =
-        Int8Isa::all_available().into_iter().filter(|&i| portable || i != Int8Isa::Portable).collect();
+    // (ISA, 7-bit weights).
+    let int8: Vec<(Int8Isa, usize)> = [0, 1]
+        .into_iter()
+        .filter(|&b| b == 0 || seven_bit)
+        .flat_map(|b| {
+            Int8Isa::all_available().into_iter().filter(|&i| portable || i != Int8Isa::Portable).map(move |i| (i, b))
+        })
+        .collect();
     let f32s: Vec<Isa> = Isa::all_available().into_iter().filter(|&i| i != Isa::Portable).collect();
     let mut times = vec![Vec::new(); int8.len() + f32s.len()];
     for round in 0..=runs.max(1) {
-        for (i, &isa) in int8.iter().enumerate() {
+        for (i, &(isa, b)) in int8.iter().enumerate() {
             let t = now_ms();
-            depthwise_u8(isa, &x8, in_geom, &packed, stride, &req, &mut y8, out_geom, 0..oh);
+            depthwise_u8(isa, &x8, in_geom, &packed[b], stride, &req[b], &mut y8, out_geom, 0..oh);
             if round > 0 {
                 times[i].push(now_ms() - t);
             }
@@ -1181,12 +1470,16 @@ pub fn speed_probe(
         }
     }
     std::hint::black_box((&y8, &yf));
-    let names = int8.iter().map(|i| format!("int8 {i}")).chain(f32s.iter().map(|i| format!("f32 {i}")));
+    let names = int8
+        .iter()
+        .map(|(i, b)| format!("int8 {i}{}", if *b == 1 { " w7" } else { "" }))
+        .chain(f32s.iter().map(|i| format!("f32 {i}")));
     names
         .zip(times)
         .map(|(kernel, mut t)| {
             t.sort_by(f64::total_cmp);
-            DepthwiseSpeed { kernel, ms: t[t.len() / 2], min_ms: t[0] }
+            let mean_ms = t.iter().sum::<f64>() / t.len() as f64;
+            DepthwiseSpeed { kernel, ms: t[t.len() / 2], min_ms: t[0], mean_ms }
         })
         .collect()
 }
@@ -1273,13 +1566,16 @@ mod tests {
         want
     }
 
-    fn random_weights(rng: &mut Rng, channels: usize, k: usize) -> QuantizedWeights {
+    /// Random weights with the extremes frequent: 8-bit, or 7-bit (`[-64, 63]`, the AVX2
+    /// `vpmaddubsw` path's) when `seven`.
+    fn random_weights(rng: &mut Rng, channels: usize, k: usize, seven: bool) -> QuantizedWeights {
+        let shift = u32::from(seven);
         let values = (0..channels * k * k)
             .map(|_| match rng.below(8) {
-                0 => 127,
-                1 => -128,
-                2 => -127,
-                _ => rng.next() as i8,
+                0 => 127 >> shift,
+                1 => -128 >> shift,
+                2 => -127 >> shift,
+                _ => rng.next() as i8 >> shift,
             })
             .collect();
         QuantizedWeights { values, scales: vec![1.0; channels], out_channels: channels, per_channel: k * k }
@@ -1330,7 +1626,7 @@ mod tests {
         let mut rng = Rng(0x0DD5_EED5_1234_5678);
         let sizes = [(1, 1), (2, 3), (7, 7), (13, 11), (28, 28)];
         let (mut case, mut varied, mut clamped) = (0, 0, 0);
-        for k in [3, 5] {
+        for (k, seven) in [(3, false), (3, true), (5, false), (5, true)] {
             for stride in [1, 2] {
                 for &(h, w) in &sizes {
                     for c_pad in [16, 32, 48, 144, 960] {
@@ -1344,8 +1640,9 @@ mod tests {
                         let in_geom = MapGeom { h, w, c: c_pad, pad };
                         let zp = rng.next() as u8;
                         let input = map(in_geom, channels, zp, &mut rng, |r| r.next() as u8);
-                        let q = random_weights(&mut rng, channels, k);
+                        let q = random_weights(&mut rng, channels, k, seven);
                         let packed = PackedDepthwise::new(&q, k, c_pad);
+                        assert_eq!(!packed.quads7[0].is_empty(), seven && Int8Isa::Avx2.is_available());
                         let req = random_requant(&mut rng, channels, case);
                         #[cfg(engine_x86)]
                         {
@@ -1354,7 +1651,8 @@ mod tests {
                         let (oh, ow) =
                             ((h + 2 * ((k - 1) / 2) - k) / stride + 1, (w + 2 * ((k - 1) / 2) - k) / stride + 1);
                         let out_geom = MapGeom { h: oh, w: ow, c: c_pad, pad: rng.below(2) };
-                        let what = format!("k{k} s{stride} {h}x{w} c{channels}/{c_pad} case {case}");
+                        let what =
+                            format!("k{k} s{stride} w{} {h}x{w} c{channels}/{c_pad} case {case}", 8 - shift_of(seven));
                         let all = check(&input, in_geom, &packed, stride, &req, out_geom, 0..oh, &what);
                         // Not everything clamped to one value: the case tests something.
                         let mut seen = [false; 256];
@@ -1392,68 +1690,84 @@ mod tests {
         let _ = clamped;
     }
 
+    fn shift_of(seven: bool) -> usize {
+        usize::from(seven)
+    }
+
     /// Inputs at 255 (the border too: zero point 255) against weights at 127, -128 and mixed
     /// over 25 taps: any pair or quad summed in i16 would saturate (255·127·2 = 64770), so only
-    /// exact kernels give the accumulator the bias cancels here.
+    /// exact kernels give the accumulator the bias cancels here. The same at 63 and -64, the
+    /// 7-bit extremes (`vpmaddubsw`'s pairs reach 2·255·64 = 32640 < 32768, any more would
+    /// saturate). Both channel strides: whole 32-channel blocks and a short one.
     #[test]
     fn extremes_do_not_saturate() {
         for k in [3, 5] {
             for stride in [1, 2] {
-                let (h, w, c_pad, channels) = (9, 10, 80, 70);
-                let in_geom = MapGeom { h, w, c: c_pad, pad: (k - 1) / 2 };
-                let mut rng = Rng(7);
-                let input = map(in_geom, channels, 255, &mut rng, |_| 255);
-                for fill in [127i8, -128, 0] {
-                    // fill 0: alternate 127 and -128 by tap and channel.
-                    let values: Vec<i8> = (0..channels * k * k)
-                        .map(|i| {
-                            if fill != 0 {
-                                fill
-                            } else if (i + i / (k * k)) % 2 == 0 {
-                                127
-                            } else {
-                                -128
+                for (c_pad, channels) in [(80, 70), (64, 64)] {
+                    let (h, w) = (9, 10);
+                    let in_geom = MapGeom { h, w, c: c_pad, pad: (k - 1) / 2 };
+                    let mut rng = Rng(7);
+                    let input = map(in_geom, channels, 255, &mut rng, |_| 255);
+                    for (fill, hi, lo) in [
+                        (127i8, 127, -128),
+                        (-128, 127, -128),
+                        (0, 127, -128),
+                        (63, 63, -64),
+                        (-64, 63, -64),
+                        (0, 63, -64),
+                    ] {
+                        // fill 0: alternate hi and lo by tap and channel.
+                        let values: Vec<i8> = (0..channels * k * k)
+                            .map(|i| {
+                                if fill != 0 {
+                                    fill
+                                } else if (i + i / (k * k)) % 2 == 0 {
+                                    hi
+                                } else {
+                                    lo
+                                }
+                            })
+                            .collect();
+                        let sums: Vec<i32> =
+                            values.chunks(k * k).map(|t| t.iter().map(|&v| 255 * v as i32).sum()).collect();
+                        let q = QuantizedWeights {
+                            values,
+                            scales: vec![1.0; channels],
+                            out_channels: channels,
+                            per_channel: k * k,
+                        };
+                        let packed = PackedDepthwise::new(&q, k, c_pad);
+                        assert_eq!(!packed.quads7[0].is_empty(), hi == 63 && Int8Isa::Avx2.is_available());
+                        // out = round((acc - sum) / 8192) + 100: exactly 100 when acc is exact; a
+                        // saturated sum is off by at least 32768 - 32767/... ≥ 4 steps.
+                        let req = Requant {
+                            bias: sums.iter().map(|s| -s).collect(),
+                            multiplier: vec![1.0 / 8192.0; channels],
+                            out_zero_point: 100,
+                            lo: 0,
+                            hi: 255,
+                            hardswish: None,
+                            residual: None,
+                        };
+                        let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+                        let out_geom = MapGeom { h: oh, w: ow, c: c_pad, pad: 0 };
+                        let out = check(
+                            &input,
+                            in_geom,
+                            &packed,
+                            stride,
+                            &req,
+                            out_geom,
+                            0..oh,
+                            &format!("extreme k{k} s{stride} c{channels}/{c_pad} fill {fill} ({lo}..={hi})"),
+                        );
+                        for y in 0..oh {
+                            for x in 0..ow {
+                                assert!(
+                                    out[out_geom.offset(y, x)..][..channels].iter().all(|&v| v == 100),
+                                    "k{k} fill {fill}: not exact"
+                                );
                             }
-                        })
-                        .collect();
-                    let sums: Vec<i32> =
-                        values.chunks(k * k).map(|t| t.iter().map(|&v| 255 * v as i32).sum()).collect();
-                    let q = QuantizedWeights {
-                        values,
-                        scales: vec![1.0; channels],
-                        out_channels: channels,
-                        per_channel: k * k,
-                    };
-                    let packed = PackedDepthwise::new(&q, k, c_pad);
-                    // out = round((acc - sum) / 8192) + 100: exactly 100 when acc is exact; a
-                    // saturated sum is off by at least 32768 - 32767/... ≥ 4 steps.
-                    let req = Requant {
-                        bias: sums.iter().map(|s| -s).collect(),
-                        multiplier: vec![1.0 / 8192.0; channels],
-                        out_zero_point: 100,
-                        lo: 0,
-                        hi: 255,
-                        hardswish: None,
-                        residual: None,
-                    };
-                    let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
-                    let out_geom = MapGeom { h: oh, w: ow, c: c_pad, pad: 0 };
-                    let out = check(
-                        &input,
-                        in_geom,
-                        &packed,
-                        stride,
-                        &req,
-                        out_geom,
-                        0..oh,
-                        &format!("extreme k{k} s{stride} fill {fill}"),
-                    );
-                    for y in 0..oh {
-                        for x in 0..ow {
-                            assert!(
-                                out[out_geom.offset(y, x)..][..channels].iter().all(|&v| v == 100),
-                                "k{k} fill {fill}: not exact"
-                            );
                         }
                     }
                 }

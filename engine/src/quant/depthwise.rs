@@ -1318,6 +1318,31 @@ mod x86 {
             }
         }
         let column = |col: usize| column7::<K, R, NG, SUB, NATURAL>(src, col * job.c_pad + c0, live_in);
+        let mac = |acc: __m256i, q: __m256i, w: __m256i| {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(q, w), ones))
+        };
+        if K == 3 && NG == 1 {
+            // Columns S·x and S·x + 1 of the next pixel, carried in registers.
+            let (mut left, mut mid) = (column(S * x0)[0], column(S * x0 + 1)[0]);
+            for x in x0..x0 + n {
+                if S == 2 && x > x0 {
+                    mid = column(2 * x + 1)[0];
+                }
+                let right = column(S * x + 2)[0];
+                for r in 0..R {
+                    let mut acc = mac(bias, left, w[0][r][0]);
+                    acc = mac(acc, mid, w[0][r][1]);
+                    acc = mac(acc, right, w[0][r][2]);
+                    _mm256_storeu_si256(acc7.add(((x - x0) * R + r) * 4 + SUB), acc);
+                }
+                if S == 1 {
+                    (left, mid) = (mid, right);
+                } else {
+                    left = right;
+                }
+            }
+            return;
+        }
         // The window: columns S·x .. S·x + K of each group (the first K - S carried over).
         let mut win = [[_mm256_setzero_si256(); K]; NG];
         for kx in 0..K - S {
@@ -1342,8 +1367,7 @@ mod x86 {
                 let mut acc = bias;
                 for g in 0..NG {
                     for kx in 0..K {
-                        let p = _mm256_maddubs_epi16(win[g][kx], w[g][r][kx]);
-                        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+                        acc = mac(acc, win[g][kx], w[g][r][kx]);
                     }
                 }
                 _mm256_storeu_si256(acc7.add(((x - x0) * R + r) * 4 + SUB), acc);

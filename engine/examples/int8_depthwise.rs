@@ -8,7 +8,7 @@
 //! Every kernel this CPU has runs in each round, in turn, so a busy machine's noise hits all of
 //! them alike; the table gives medians (`MIN=1`: the fastest round). `RUNS=n` sets the rounds
 //! (default 30), `SHAPE=i` runs the i-th shape alone, `V3=1` adds V3-Large's 5x5 layers,
-//! `PORTABLE=0` leaves the portable int8 kernel out, `W7=0` the 7-bit-weight runs (`int8 <isa>
+//! `SHAPES="h,w,c,k,s;..."` runs those shapes instead, `PORTABLE=0` leaves the portable int8 kernel out, `W7=0` the 7-bit-weight runs (`int8 <isa>
 //! w7`: what an AVX2-only CPU's network quantises to).
 
 use mobilenet_engine::quant::depthwise::speed_probe;
@@ -33,6 +33,17 @@ fn main() {
     // V3=1: V3-Large's 5x5 layers too.
     if std::env::var("V3").is_ok_and(|v| v == "1") {
         shapes.extend([(56, 56, 72, 5, 2), (28, 28, 120, 5, 1), (14, 14, 672, 5, 2), (7, 7, 960, 5, 1)]);
+    }
+    // SHAPES="h,w,c,k,s;...": these shapes instead.
+    if let Ok(v) = std::env::var("SHAPES") {
+        shapes = v
+            .split(';')
+            .map(|t| {
+                let n: Vec<usize> = t.split(',').map(|x| x.trim().parse().expect("SHAPES: h,w,c,k,s;...")).collect();
+                assert_eq!(n.len(), 5, "SHAPES: h,w,c,k,s;...");
+                (n[0], n[1], n[2], n[3], n[4])
+            })
+            .collect();
     }
     let stat = if min {
         "fastest"

@@ -1097,7 +1097,7 @@ mod x86 {
 
     /// Output pixels per chunk of the 7-bit AVX2 kernel: its accumulators wait in `acc7` (R·4
     /// vectors a pixel) while the sub-vectors are computed one after another.
-    const CHUNK7: usize = 32;
+    const CHUNK7: usize = 16;
 
     /// Input rows per group of the 7-bit kernel (the rest of [`groups`]'s slots are zero rows).
     const fn live_rows7(k: usize, rows: usize, g: usize) -> usize {
@@ -1126,7 +1126,16 @@ mod x86 {
         let blocks = c_pad.div_ceil(32);
         let mut bias = vec![0i32; blocks * 32];
         let mut mult = vec![0f32; blocks * 32];
-        for c in 0..w.channels {
+        // Whole blocks of real channels by runs of four ([`permuted`]: channels 16·l + 4·s..
+        // to dwords 8·s + 4·l..), the rest one by one.
+        let runs = w.channels / 32 * 8;
+        for run in 0..runs {
+            let (c0, at) = (run / 8 * 32, run % 8);
+            let (from, to) = (c0 + 4 * at, c0 + 8 * (at % 4) + 4 * (at / 4));
+            bias[to..to + 4].copy_from_slice(&call.req.bias[from..from + 4]);
+            mult[to..to + 4].copy_from_slice(&call.req.multiplier[from..from + 4]);
+        }
+        for c in runs * 4..w.channels {
             bias[permuted(c, 32, c_pad)] = call.req.bias[c];
             mult[permuted(c, 32, c_pad)] = call.req.multiplier[c];
         }

@@ -156,11 +156,16 @@ pub struct QuantNetwork {
     head_macs: usize,
 }
 
-/// One thread's buffers for a [`QuantNetwork`], reused from run to run.
+/// One thread's buffers for a [`QuantNetwork`], reused from run to run. Maps share buffers
+/// ("slots") when their lifetimes do not overlap, as the f32 network's do, so the working set
+/// is a few maps rather than the whole network; a map's border is refilled with its zero point
+/// before its producer writes it, since its slot may have held another map.
 pub struct QuantWorkspace {
     size: (usize, usize),
     geoms: Vec<MapGeom>,
-    maps: Vec<Vec<u8>>,
+    slots: Vec<Vec<u8>>,
+    /// The slot holding each map.
+    slot_of: Vec<usize>,
     /// im2col rows of the stem.
     cols: Vec<u8>,
 }
@@ -168,6 +173,44 @@ pub struct QuantWorkspace {
 impl QuantWorkspace {
     pub fn fits(&self, h: usize, w: usize) -> bool {
         self.size == (h, w)
+    }
+
+    /// Map `m`'s buffer.
+    fn map(&self, m: usize) -> &[u8] {
+        &self.slots[self.slot_of[m]][..self.geoms[m].len()]
+    }
+
+    fn map_mut(&mut self, m: usize) -> &mut [u8] {
+        let len = self.geoms[m].len();
+        &mut self.slots[self.slot_of[m]][..len]
+    }
+
+    /// Map `m`'s slot, out of the workspace while its producer writes it and reads others
+    /// (which never share its slot: their lifetimes overlap), its border set to `zero_point`.
+    fn take_for_writing(&mut self, m: usize, zero_point: u8) -> Vec<u8> {
+        let mut buf = std::mem::take(&mut self.slots[self.slot_of[m]]);
+        fill_border(&mut buf, self.geoms[m], zero_point);
+        buf
+    }
+
+    fn put_back(&mut self, m: usize, buf: Vec<u8>) {
+        self.slots[self.slot_of[m]] = buf;
+    }
+}
+
+/// Sets the border of the map `g` in `buf` to `value`.
+fn fill_border(buf: &mut [u8], g: MapGeom, value: u8) {
+    if g.pad == 0 {
+        return;
+    }
+    let row = g.row_stride();
+    let buf = &mut buf[..g.len()];
+    buf[..g.pad * row].fill(value);
+    buf[(g.pad + g.h) * row..].fill(value);
+    for y in g.pad..g.pad + g.h {
+        let r = &mut buf[y * row..(y + 1) * row];
+        r[..g.pad * g.c].fill(value);
+        r[(g.pad + g.w) * g.c..].fill(value);
     }
 }
 
@@ -235,11 +278,48 @@ impl QuantNetwork {
         self.head.head(pooled, m, logits)
     }
 
-    /// Buffers for `h` x `w` inputs; every map starts filled with its zero point, so the
-    /// borders (never written) hold the real 0.
+    /// Buffers for `h` x `w` inputs: maps share slots by lifetime (a slot is free for a map
+    /// once every reader of its occupant has run before the map's producer).
     pub fn workspace(&self, h: usize, w: usize) -> QuantWorkspace {
         let geoms = self.geometry(h, w);
-        let maps = geoms.iter().zip(&self.maps).map(|(g, m)| vec![m.q.zero_point; g.len()]).collect();
+        // Layer i produces its output at step i + 1 (the image at step 0) and reads at i + 1.
+        let n = geoms.len();
+        let (mut produced, mut last_use) = (vec![0usize; n], vec![0usize; n]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let step = i + 1;
+            let (reads, writes): (Vec<usize>, Option<usize>) = match layer {
+                QLayer::Conv { input, output, residual, .. } => {
+                    (std::iter::once(*input).chain(*residual).collect(), Some(*output))
+                }
+                QLayer::SqueezeExcite { map, .. } => (vec![*map], None),
+            };
+            for r in reads {
+                last_use[r] = last_use[r].max(step);
+            }
+            if let Some(o) = writes {
+                produced[o] = step;
+                last_use[o] = last_use[o].max(step);
+            }
+        }
+        // The pooled map is read after the last layer.
+        last_use[self.features] = usize::MAX;
+        let mut slot_of = vec![0usize; n];
+        let (mut sizes, mut free_after): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+        for m in 0..n {
+            let need = geoms[m].len();
+            let free = (0..sizes.len())
+                .filter(|&s| free_after[s] < produced[m])
+                .min_by_key(|&s| (sizes[s] < need, sizes[s].abs_diff(need)));
+            let s = free.unwrap_or_else(|| {
+                sizes.push(0);
+                free_after.push(0);
+                sizes.len() - 1
+            });
+            sizes[s] = sizes[s].max(need);
+            free_after[s] = last_use[m];
+            slot_of[m] = s;
+        }
+        let slots = sizes.iter().map(|&len| vec![0u8; len]).collect();
         let mut cols = 0;
         for layer in &self.layers {
             if let QLayer::Conv { output, kind: ConvKind::Im2col { b, .. }, .. } = layer {
@@ -247,7 +327,7 @@ impl QuantNetwork {
                 cols = cols.max(g.h * g.w * b.k());
             }
         }
-        QuantWorkspace { size: (h, w), geoms, maps, cols: vec![0; cols] }
+        QuantWorkspace { size: (h, w), geoms, slots, slot_of, cols: vec![0; cols] }
     }
 
     fn geometry(&self, h: usize, w: usize) -> Vec<MapGeom> {
@@ -278,28 +358,35 @@ impl QuantNetwork {
             self.run_layer(layer, ws);
         }
         let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
-        maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, pooled);
+        maps::mean_pool_u8(self.isa, ws.map(self.features), g, m.channels, m.q, pooled);
     }
 
     /// Runs one image and returns every map's final values, dequantised (interior, real
     /// channels, NHWC): what the report sets against the f32 network's.
     pub fn dequantized_maps(&self, ws: &mut QuantWorkspace, image: &[f32]) -> Vec<Vec<f32>> {
+        // Maps share slots: each is read as soon as it is written.
+        let read = |ws: &QuantWorkspace, m: usize| {
+            let (g, info) = (ws.geoms[m], &self.maps[m]);
+            let mut v = Vec::with_capacity(g.h * g.w * info.channels);
+            for y in 0..g.h {
+                for x in 0..g.w {
+                    v.extend(ws.map(m)[g.offset(y, x)..][..info.channels].iter().map(|&q| info.q.dequantize(q)));
+                }
+            }
+            v
+        };
+        let mut out = vec![Vec::new(); self.maps.len()];
         self.load_image(ws, image);
+        out[0] = read(ws, 0);
         for layer in &self.layers {
             self.run_layer(layer, ws);
+            let m = match layer {
+                QLayer::Conv { output, .. } => *output,
+                QLayer::SqueezeExcite { map, .. } => *map,
+            };
+            out[m] = read(ws, m);
         }
-        (0..self.maps.len())
-            .map(|m| {
-                let (g, info) = (ws.geoms[m], &self.maps[m]);
-                let mut v = Vec::with_capacity(g.h * g.w * info.channels);
-                for y in 0..g.h {
-                    for x in 0..g.w {
-                        v.extend(ws.maps[m][g.offset(y, x)..][..info.channels].iter().map(|&q| info.q.dequantize(q)));
-                    }
-                }
-                v
-            })
-            .collect()
+        out
     }
 
     /// Each layer on its reference input: runs layer after layer, but before each one puts the
@@ -328,7 +415,7 @@ impl QuantNetwork {
             let mut want = events[i + 1].iter();
             for y in 0..g.h {
                 for x in 0..g.w {
-                    for q in &mut ws.maps[m][g.offset(y, x)..][..info.channels] {
+                    for q in &mut ws.map_mut(m)[g.offset(y, x)..][..info.channels] {
                         got.push(info.q.dequantize(*q));
                         *q = info.q.quantize(*want.next().expect("the reference map's size"));
                     }
@@ -346,7 +433,7 @@ impl QuantNetwork {
         let (c, q) = (self.maps[0].channels, self.maps[0].q);
         assert_eq!(image.len(), c * h * w, "image size");
         let plane = h * w;
-        let buf = &mut ws.maps[0];
+        let mut buf = ws.take_for_writing(0, q.zero_point);
         let mut line = vec![0u8; w];
         for y in 0..h {
             let row = &mut buf[g.offset(y, 0)..][..w * g.c];
@@ -357,45 +444,36 @@ impl QuantNetwork {
                 }
             }
         }
+        ws.put_back(0, buf);
     }
 
     fn run_layer(&self, layer: &QLayer, ws: &mut QuantWorkspace) {
         match layer {
             QLayer::Conv { input, output, residual, kind, req } => {
                 let (in_g, out_g) = (ws.geoms[*input], ws.geoms[*output]);
-                // The output is written while the input (and the residual) are read: take it
-                // out of the workspace for the call.
-                let mut out = std::mem::take(&mut ws.maps[*output]);
+                let mut out = ws.take_for_writing(*output, self.maps[*output].q.zero_point);
                 match kind {
-                    ConvKind::Depthwise { weights, stride, .. } => depthwise_u8(
-                        self.isa,
-                        &ws.maps[*input],
-                        in_g,
-                        weights,
-                        *stride,
-                        req,
-                        &mut out,
-                        out_g,
-                        0..out_g.h,
-                    ),
+                    ConvKind::Depthwise { weights, stride, .. } => {
+                        depthwise_u8(self.isa, ws.map(*input), in_g, weights, *stride, req, &mut out, out_g, 0..out_g.h)
+                    }
                     ConvKind::Pointwise(b) => {
-                        let res = residual.map(|r| (&ws.maps[r][..], ws.geoms[r]));
-                        gemm_map(self.isa, &ws.maps[*input], in_g, b, req, res, &mut out, out_g);
+                        let res = residual.map(|r| (ws.map(r), ws.geoms[r]));
+                        gemm_map(self.isa, ws.map(*input), in_g, b, req, res, &mut out, out_g);
                     }
                     ConvKind::Im2col { b, cin, kernel, stride } => {
                         let k = b.k();
                         let cols = &mut ws.cols[..out_g.h * out_g.w * k];
-                        maps::im2col(&ws.maps[*input], in_g, *cin, *kernel, *stride, out_g, cols);
+                        maps::im2col(&ws.slots[ws.slot_of[*input]], in_g, *cin, *kernel, *stride, out_g, cols);
                         let cols_g = MapGeom { h: out_g.h, w: out_g.w, c: k, pad: 0 };
                         gemm_map(self.isa, cols, cols_g, b, req, None, &mut out, out_g);
                     }
                 }
-                ws.maps[*output] = out;
+                ws.put_back(*output, out);
             }
             QLayer::SqueezeExcite { map, channels, squeeze, fc1t, b1, fc2t, b2 } => {
                 let (g, q) = (ws.geoms[*map], self.maps[*map].q);
                 let se = maps::SqueezeExcite { channels: *channels, squeeze: *squeeze, fc1t, b1, fc2t, b2 };
-                maps::squeeze_excite(self.isa, &se, &mut ws.maps[*map], g, q);
+                maps::squeeze_excite(self.isa, &se, ws.map_mut(*map), g, q);
             }
         }
     }
@@ -428,7 +506,7 @@ impl QuantNetwork {
             }
             let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
             in_network[steps - 2].push(timed(&mut || {
-                maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, &mut pooled)
+                maps::mean_pool_u8(self.isa, ws.map(self.features), g, m.channels, m.q, &mut pooled)
             }));
             in_network[steps - 1].push(timed(&mut || self.head(&pooled, 1, &mut logits)));
         }
@@ -444,7 +522,7 @@ impl QuantNetwork {
         for _ in 0..runs {
             let (g, m) = (ws.geoms[self.features], &self.maps[self.features]);
             alone[steps - 2].push(timed(&mut || {
-                maps::mean_pool_u8(self.isa, &ws.maps[self.features], g, m.channels, m.q, &mut pooled)
+                maps::mean_pool_u8(self.isa, ws.map(self.features), g, m.channels, m.q, &mut pooled)
             }));
             alone[steps - 1].push(timed(&mut || self.head(&pooled, 1, &mut logits)));
         }

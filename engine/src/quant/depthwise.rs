@@ -19,13 +19,14 @@
 //!   in one dword per channel, so a pixel is three `vpdpbusd` per 16 channels; the columns are interleaved in registers as the
 //!   pixels go (stride 1 carries two columns to the next pixel, stride 2 one), 64 channels at a
 //!   time with the block's weights held in registers; no scratch.
-//! - AVX2 3x3 with 7-bit weights (every weight in `[-64, 63]`, what an AVX2-only CPU's network
-//!   quantises to): the same four-row dwords on 32-channel blocks, each summed by `vpmaddubsw`
+//! - AVX2 with 7-bit weights (every weight in `[-64, 63]`, what an AVX2-only CPU's network
+//!   quantises to), 3x3 and 5x5: the four-row dwords of AVX-512 (5x5: two groups of rows, as
+//!   [`groups`] lists them) on 32-channel blocks, each summed by `vpmaddubsw`
 //!   (two u8 · s8 products per i16: at most 2·255·64 = 32640, so it never saturates) and
 //!   `vpmaddwd` with ones; each 8-channel sub-vector rolls along the row on its own (sixteen
 //!   registers hold one sub-vector's weights and columns, not a block's), its accumulators
 //!   kept for the store, which packs the block's four. No input scratch.
-//! - AVX-512 5x5 and AVX2 otherwise: a row step (two output rows at stride 1, sharing their input rows,
+//! - AVX-512 5x5 and AVX2 with 8-bit weights: a row step (two output rows at stride 1, sharing their input rows,
 //!   one at stride 2) interleaves a chunk of columns, every block of 64 / 32 channels, into an
 //!   L1 scratch, then computes tiles of pixels from there.
 //!
@@ -636,7 +637,7 @@ mod x86 {
     /// Only where AVX2 was detected; as [`run_zmm`] otherwise.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn run_ymm(call: &Call) {
-        if call.w.kernel == 3 && !call.w.quads7[0].is_empty() {
+        if !call.w.quads7[0].is_empty() {
             return drive7(call);
         }
         drive::<Ymm>(call, call.w.pairs[0].as_ptr() as *const u8, call.w.pairs[1].as_ptr() as *const u8)

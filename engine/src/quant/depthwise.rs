@@ -588,11 +588,29 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_bytes(dst: *mut u8, bytes: __m256i, live: usize) {
             if live >= 32 {
-                _mm256_storeu_si256(dst as *mut __m256i, bytes)
-            } else {
-                let mut tmp = [0u8; 32];
-                _mm256_storeu_si256(tmp.as_mut_ptr() as *mut __m256i, bytes);
-                std::ptr::copy_nonoverlapping(tmp.as_ptr(), dst, live);
+                return _mm256_storeu_si256(dst as *mut __m256i, bytes);
+            }
+            // Pieces of 16, 8, 4, 2 and 1 bytes (no bytes past `live` are written).
+            let (mut v, mut at) = (_mm256_castsi256_si128(bytes), 0);
+            if live >= 16 {
+                _mm_storeu_si128(dst as *mut __m128i, v);
+                (v, at) = (_mm256_extracti128_si256(bytes, 1), 16);
+            }
+            if live & 8 != 0 {
+                _mm_storel_epi64(dst.add(at) as *mut __m128i, v);
+                (v, at) = (_mm_srli_si128(v, 8), at + 8);
+            }
+            let mut rest = _mm_cvtsi128_si32(v) as u32;
+            if live & 4 != 0 {
+                (dst.add(at) as *mut u32).write_unaligned(rest);
+                (rest, at) = (_mm_extract_epi32(v, 1) as u32, at + 4);
+            }
+            if live & 2 != 0 {
+                (dst.add(at) as *mut u16).write_unaligned(rest as u16);
+                (rest, at) = (rest >> 16, at + 2);
+            }
+            if live & 1 != 0 {
+                *dst.add(at) = rest as u8;
             }
         }
     }

@@ -1297,12 +1297,24 @@ mod x86 {
         for (g, (out, src)) in out.iter_mut().zip(src).enumerate() {
             let live_rows = live_rows7(K, R, g);
             let mut r = [z; 4];
-            for (j, r) in r.iter_mut().enumerate().take(live_rows) {
-                *r = if NATURAL {
-                    Ymm::to_natural_rows(Ymm::load_in(src[j].add(at), live))
+            if NATURAL {
+                // A short block (16 channels) in both lanes: sub-vector SUB is its channels
+                // 8·SUB.. in order, the first four from lane 0's low dword interleave, the next
+                // from lane 1's high one.
+                debug_assert_eq!(live, 16);
+                for (j, r) in r.iter_mut().enumerate().take(live_rows) {
+                    *r = _mm256_broadcastsi128_si256(_mm_loadu_si128(src[j].add(at) as *const __m128i));
+                }
+                let (a, b) = if SUB == 0 {
+                    (_mm256_unpacklo_epi8(r[0], r[1]), _mm256_unpacklo_epi8(r[2], r[3]))
                 } else {
-                    _mm256_loadu_si256(src[j].add(at) as *const __m256i)
+                    (_mm256_unpackhi_epi8(r[0], r[1]), _mm256_unpackhi_epi8(r[2], r[3]))
                 };
+                *out = _mm256_blend_epi32::<0xF0>(_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b));
+                continue;
+            }
+            for (j, r) in r.iter_mut().enumerate().take(live_rows) {
+                *r = _mm256_loadu_si256(src[j].add(at) as *const __m256i);
             }
             let (a, b) = if SUB < 2 {
                 (_mm256_unpacklo_epi8(r[0], r[1]), _mm256_unpacklo_epi8(r[2], r[3]))

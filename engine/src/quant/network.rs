@@ -143,6 +143,16 @@ enum QLayer {
     },
 }
 
+impl QLayer {
+    /// The map this layer writes (a squeeze-excite rewrites its own).
+    fn writes(&self) -> usize {
+        match self {
+            QLayer::Conv { output, .. } => *output,
+            QLayer::SqueezeExcite { map, .. } => *map,
+        }
+    }
+}
+
 /// The lowered int8 model.
 #[derive(Debug)]
 pub struct QuantNetwork {
@@ -380,10 +390,7 @@ impl QuantNetwork {
         out[0] = read(ws, 0);
         for layer in &self.layers {
             self.run_layer(layer, ws);
-            let m = match layer {
-                QLayer::Conv { output, .. } => *output,
-                QLayer::SqueezeExcite { map, .. } => *map,
-            };
+            let m = layer.writes();
             out[m] = read(ws, m);
         }
         out
@@ -402,14 +409,10 @@ impl QuantNetwork {
         events: &[Vec<f32>],
     ) -> Vec<(Vec<f32>, f32)> {
         self.load_image(ws, image);
-        let written = |layer: &QLayer| match layer {
-            QLayer::Conv { output, .. } => *output,
-            QLayer::SqueezeExcite { map, .. } => *map,
-        };
         let mut out = Vec::new();
         for (i, layer) in self.layers.iter().enumerate() {
             self.run_layer(layer, ws);
-            let m = written(layer);
+            let m = layer.writes();
             let (g, info) = (ws.geoms[m], &self.maps[m]);
             let mut got = Vec::new();
             let mut want = events[i + 1].iter();
